@@ -1,0 +1,56 @@
+"""llama.cpp's own converter scripts, taken from the source distribution of the pinned
+llama-cpp-python so that converter and runtime are the same llama.cpp version.
+
+Run by `make setup`: python -m duo.llamacpp_tools  (fetches the sdist through pip, once)
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import click
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools" / "llama.cpp"
+WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def converter() -> Path:
+    script = TOOLS / "convert_hf_to_gguf.py"
+    if not script.exists():
+        raise click.ClickException(f"{script} is missing: run `make setup` (fetches llama.cpp's converter)")
+    return script
+
+
+def fetch(dest: Path = TOOLS) -> Path:
+    version = importlib.metadata.version("llama-cpp-python")
+    stamp = dest / "VERSION"
+    if stamp.exists() and stamp.read_text().strip() == version:
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+                        ":all:", f"llama-cpp-python=={version}", "-d", tmp], check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        staging = Path(tmp) / "out"
+        with tarfile.open(sdist) as tar:
+            members = []
+            for m in tar.getmembers():
+                if m.name.startswith(prefix) and m.name[len(prefix):].startswith(WANTED):
+                    m.name = m.name[len(prefix):]
+                    members.append(m)
+            tar.extractall(staging, members=members, filter="data")
+        (staging / "VERSION").write_text(version + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, dest)
+    return dest
+
+
+if __name__ == "__main__":
+    print(f"llama.cpp converter: {fetch()}")

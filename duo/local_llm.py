@@ -1,0 +1,64 @@
+"""Start and stop llama.cpp's OpenAI-compatible server on loopback for as long as a stage needs it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+
+LOG_DIR = Path(".duo/logs")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def serve(model: Path, *, n_ctx: int = 4096, threads: int = 0, port: int | None = None,
+          host: str = "127.0.0.1", startup_timeout_s: float = 180.0, log_name: str = "server"):
+    """Yield the base URL (`http://host:port/v1`) of a llama.cpp server for `model`; always stopped after."""
+    port = port or free_port()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{log_name}.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", host,
+           "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
+    if threads:
+        cmd += ["--n_threads", str(threads)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    base = f"http://{host}:{port}/v1"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while not _ready(base + "/models"):
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise click.ClickException(f"llama.cpp server for {model} exited ({proc.returncode}):\n{tail}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"llama.cpp server for {model} not ready after {startup_timeout_s:.0f} s")
+            time.sleep(0.3)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

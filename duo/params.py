@@ -1,0 +1,226 @@
+"""Typed params sections. Every key of params.yaml is declared here; an unknown or mistyped key
+fails at start with its dotted name, before any model loads."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import click
+import yaml
+
+
+class ParamsError(click.ClickException):
+    pass
+
+
+@dataclass
+class Student:
+    source: str = "bundled:smollm2"
+    allow_hub: bool = False
+
+
+@dataclass
+class Coverage:
+    path: str = "data/coverage.jsonl"
+    train_ratio: float = 0.8
+    seed: int = 42
+
+    def check(self):
+        if not 0.0 < self.train_ratio < 1.0:
+            raise ValueError("train_ratio must be between 0 and 1 (exclusive)")
+
+
+@dataclass
+class Service:
+    model: str = "local"
+    api_base: Optional[str] = None
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    n_ctx: int = 4096
+
+
+@dataclass
+class Synth:
+    model: Optional[str] = None
+    seeds_per_cycle: int = 8
+    pairs_per_request: int = 3
+    temperature: float = 0.8
+    max_tokens: int = 1024
+    seed: int = 42
+
+    def check(self):
+        if self.seeds_per_cycle < 1 or self.pairs_per_request < 1:
+            raise ValueError("seeds_per_cycle and pairs_per_request must be >= 1")
+
+
+@dataclass
+class Lora:
+    r: Union[int, Literal["auto"]] = "auto"
+    alpha: Union[int, Literal["auto"]] = "auto"
+    dropout: float = 0.05
+    target_modules: Union[str, list] = "all-linear"
+
+
+@dataclass
+class Finetune:
+    epochs: float = 4.0
+    max_steps: int = -1
+    lr: float = 5e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    loss: Literal["completion", "sequence"] = "completion"
+    quantization: Literal["auto", "none", "4bit"] = "auto"
+    group_by_length: bool = True
+    gradient_checkpointing: bool = False
+    threads: int = 0
+    seed: int = 42
+    lora: Lora = field(default_factory=Lora)
+
+
+@dataclass
+class Export:
+    quant: str = "q8_0"
+
+
+@dataclass
+class Infer:
+    backend: Literal["llama_cpp", "transformers"] = "llama_cpp"
+    k: int = 4
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 42
+    n_ctx: int = 2048
+    threads: int = 0
+
+    def check(self):
+        if self.k < 1:
+            raise ValueError("k must be >= 1")
+
+
+@dataclass
+class Judge:
+    model: Optional[str] = None
+    m: int = 1
+    temperature: float = 0.7
+    max_tokens: int = 96
+    zetas: list = field(default_factory=lambda: [50, 70])
+    max_parse_retries: int = 1
+    seed: int = 42
+
+    def check(self):
+        if self.m < 1:
+            raise ValueError("m must be >= 1")
+
+
+@dataclass
+class Gate:
+    score: Literal["similarity", "precision"] = "precision"
+    statistic: str = "mean"
+    threshold: float = 70.0
+    max_cycles: int = 3
+
+    def check(self):
+        if self.statistic != "mean" and not (self.statistic.startswith("c") and self.statistic[1:].isdigit()):
+            raise ValueError("statistic must be 'mean' or c<zeta> such as c70")
+
+
+@dataclass
+class Params:
+    cycle: int = 0
+    student: Student = field(default_factory=Student)
+    coverage: Coverage = field(default_factory=Coverage)
+    service: Service = field(default_factory=Service)
+    synth: Synth = field(default_factory=Synth)
+    finetune: Finetune = field(default_factory=Finetune)
+    export: Export = field(default_factory=Export)
+    infer: Infer = field(default_factory=Infer)
+    judge: Judge = field(default_factory=Judge)
+    gate: Gate = field(default_factory=Gate)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (list, dict, str, bool):
+        return isinstance(value, hint)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def build(cls, data: Any, where: str, source: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            dotted = f"{where}.{key}" if where else str(key)
+            near = difflib.get_close_matches(str(key), names, n=1)
+            tip = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ParamsError(f"{source}: unknown key '{dotted}'{tip}")
+    values = {}
+    for name in names:
+        if name not in data:
+            continue
+        dotted = f"{where}.{name}" if where else name
+        hint, value = hints[name], data[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = build(hint, value, dotted, source)
+            continue
+        if not _type_ok(value, hint):
+            raise ParamsError(f"{source}: '{dotted}' must be {_describe(hint)}, got {value!r}")
+        if hint is float:
+            value = float(value)
+        values[name] = value
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        try:
+            obj.check()
+        except ValueError as exc:
+            raise ParamsError(f"{source}: '{where}': {exc}") from None
+    return obj
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: invalid YAML: {exc}") from None
+    return build(Params, data or {}, "", str(path))
+
+
+def as_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,182 @@
+"""finetune: LoRA (QLoRA on a GPU) on train ∪ every synthetic file so far, with TRL's SFTTrainer.
+
+Rows become prompt/completion conversations rendered with the base model's chat template; by
+default the loss is on the completion (the response) only.
+
+Run: python -m stages.finetune   (reads models/base, data/train.jsonl, data/synth/; writes
+models/adapter/ and metrics/train.json)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from duo import params as params_mod
+from duo import records
+
+BASE = Path("models/base")
+OUT = Path("models/adapter")
+SYNTH_DIR = Path("data/synth")
+FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+
+
+def lora_size(n_rows: int, r, alpha) -> tuple[int, int]:
+    """The paper's schedule: <= 16k rows r=8, <= 32k r=16, larger r=32; alpha = 2r unless given."""
+    if r == "auto":
+        r = 8 if n_rows <= 16_000 else 16 if n_rows <= 32_000 else 32
+    if alpha == "auto":
+        alpha = 2 * r
+    return int(r), int(alpha)
+
+
+def synth_files(synth_dir: Path = SYNTH_DIR) -> list[Path]:
+    files = sorted(synth_dir.glob("cycle-*.jsonl"), key=lambda f: int(f.stem.split("-")[1]))
+    return files
+
+
+def load_rows(train_path: Path, synth_dir: Path = SYNTH_DIR) -> tuple[list[dict], int]:
+    rows = records.read_records(train_path, FIELDS, unique="id")
+    n_synth = 0
+    for path in synth_files(synth_dir):
+        extra = records.read_records(path, FIELDS, unique="id", allow_empty=True)
+        n_synth += len(extra)
+        rows.extend(extra)
+    return rows, n_synth
+
+
+def to_conversations(rows: list[dict]) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows]
+
+
+def _device_and_quant(p) -> tuple[str, bool]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    quant = p.quantization == "4bit" or (p.quantization == "auto" and cuda)
+    return ("cuda" if cuda else "cpu"), quant
+
+
+def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict:
+    """Train a LoRA adapter on `rows`; write it (with chat template and resolved params) to `out`."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    device, quant = _device_and_quant(p)
+    r, alpha = lora_size(len(rows), p.lora.r, p.lora.alpha)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model_kwargs = {"dtype": torch.float32}
+    if quant:
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        model_kwargs = {"dtype": compute, "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)}
+        if device == "cuda":
+            model_kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
+
+    # Count what the model will see, with the same template TRL applies, before training.
+    lengths = [len(tokenizer.apply_chat_template(c["prompt"] + c["completion"], tokenize=True,
+                                                 return_dict=False))
+               for c in to_conversations(rows)]
+    truncated = sum(n > p.max_length for n in lengths)
+    dataset = Dataset.from_list(to_conversations(rows))
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
+                      target_modules=p.lora.target_modules, task_type="CAUSAL_LM")
+    work = Path(tempfile.mkdtemp(prefix=".finetune.", dir=out.parent))
+    config = SFTConfig(
+        output_dir=str(work / "trainer"),
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps,
+        learning_rate=p.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        per_device_train_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.grad_accum,
+        max_length=p.max_length,
+        completion_only_loss=p.loss == "completion",
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=p.seed,
+        data_seed=p.seed,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and
+        # recomputing activations costs ~30% of the step.
+        gradient_checkpointing=p.gradient_checkpointing,
+        disable_tqdm=not os.isatty(2) or bool(os.environ.get("CI")),
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora)
+    log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'fp32'} on "
+        f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
+    start = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - start
+
+    try:
+        trainer.model.save_pretrained(work / "adapter")
+        tokenizer.save_pretrained(work / "adapter")
+        (work / "adapter" / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+        resolved = params_mod.as_dict(p) | {"lora_r": r, "lora_alpha": alpha, "device": device,
+                                            "quantized_4bit": quant, "rows": len(rows)}
+        records.write_json(work / "adapter" / "duo_params.json", resolved)
+        if out.exists():
+            shutil.rmtree(out)
+        (work / "adapter").rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    seen_tokens = sum(min(n, p.max_length) for n in lengths) * (
+        trainer.state.global_step * p.batch_size * p.grad_accum / max(1, len(rows)))
+    return {
+        "rows": len(rows),
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "train_loss": round(result.training_loss, 4),
+        "final_loss": round(history[-1]["loss"], 4) if history else None,
+        "loss_curve": [{"step": h["step"], "loss": round(h["loss"], 4)} for h in history],
+        "tokens": int(seen_tokens),
+        "tokens_per_s": round(seen_tokens / seconds, 1) if seconds else None,
+        "train_seconds": round(seconds, 1),
+        "truncated_rows": truncated,
+        "lora_r": r,
+        "lora_alpha": alpha,
+        "device": device,
+        "quantized_4bit": quant,
+    }
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+def main(params_path: str) -> None:
+    params = params_mod.load(params_path)
+    p = params.finetune
+    rows, n_synth = load_rows(Path("data/train.jsonl"))
+    if not BASE.joinpath("config.json").exists():
+        raise click.ClickException(f"{BASE} holds no model: run the base stage first (dvc repro base)")
+    metrics = train(rows, p, BASE, OUT)
+    metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth}
+    records.write_json("metrics/train.json", metrics)
+    click.echo(f"finetune: {metrics['steps']} steps, loss {metrics['train_loss']}, "
+               f"{metrics['tokens_per_s']} tokens/s, {n_synth} synthetic rows -> {OUT}")
+
+
+if __name__ == "__main__":
+    main()

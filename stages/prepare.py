@@ -1,0 +1,53 @@
+"""prepare: seeded train/test split of the coverage dataset by Φ (coverage.train_ratio), per task.
+
+Run: python -m stages.prepare   (reads params.yaml `coverage`; writes data/train.jsonl, data/test.jsonl)
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import click
+
+from duo import params as params_mod
+from duo import records
+
+FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+
+
+def split(rows: list[dict], train_ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Per task: shuffle with a task-specific seed, hold out round(n * (1 - Φ)) rows (at least one)."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_task[row["task"]].append(row)
+    train, test = [], []
+    for task in sorted(by_task):
+        group = sorted(by_task[task], key=lambda r: r["id"])
+        if len(group) < 2:
+            raise click.ClickException(
+                f"task '{task}' has {len(group)} row(s): at least 2 are needed so that both train and "
+                f"test get one")
+        random.Random(f"{seed}:{task}").shuffle(group)
+        n_test = max(1, round(len(group) * (1.0 - train_ratio)))
+        if n_test >= len(group):
+            raise click.ClickException(
+                f"task '{task}': train_ratio {train_ratio} leaves no training row out of {len(group)}")
+        test.extend(group[:n_test])
+        train.extend(group[n_test:])
+    return train, test
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+def main(params_path: str) -> None:
+    p = params_mod.load(params_path).coverage
+    rows = records.read_records(p.path, FIELDS, unique="id")
+    train, test = split(rows, p.train_ratio, p.seed)
+    records.write_jsonl("data/train.jsonl", train)
+    records.write_jsonl("data/test.jsonl", test)
+    tasks = sorted({r["task"] for r in rows})
+    click.echo(f"prepare: {len(rows)} rows, {len(tasks)} tasks -> {len(train)} train, {len(test)} test")
+
+
+if __name__ == "__main__":
+    main()
