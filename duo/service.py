@@ -50,14 +50,15 @@ class Request:
     max_tokens: int = 256
     seed: int | None = None
     response_format: dict | None = None
-    tag: str = ""
+    attempt: int = 0  # a re-ask after an unusable reply is a different request
 
     def body(self, model: str) -> dict:
         return {"model": model, "messages": self.messages, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "seed": self.seed, "response_format": self.response_format}
 
     def key(self, model: str) -> str:
-        blob = json.dumps({"body": self.body(model), "sample_idx": self.sample_idx}, sort_keys=True)
+        blob = json.dumps({"body": self.body(model), "sample_idx": self.sample_idx, "attempt": self.attempt},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -173,6 +174,7 @@ class Service:
     def _call(self, req: Request) -> Reply:
         import litellm
 
+        litellm.drop_params = True  # providers without seed/response_format still answer
         kwargs = dict(req.body(self.model), timeout=self.timeout_s, num_retries=0)
         if kwargs["seed"] is None:
             del kwargs["seed"]

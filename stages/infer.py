@@ -1,0 +1,107 @@
+"""infer: K responses per test prompt from the exported GGUF through llama.cpp (what is judged is
+what ships); `infer.backend: transformers` runs base + adapter in PyTorch instead (GPU users).
+
+Run: python -m stages.infer   (reads models/student.gguf, data/test.jsonl; writes
+data/predictions.jsonl, metrics/infer.json)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from duo import params as params_mod
+from duo import records
+
+GGUF = Path("models/student.gguf")
+FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+
+
+def sample_seed(seed: int, prompt_id: str, sample_idx: int) -> int:
+    """A per-(prompt, sample) seed: stable across runs and independent of row order."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample_idx}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class LlamaCppBackend:
+    def __init__(self, path: Path, p):
+        import llama_cpp
+
+        self.p = p
+        self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, n_threads=p.threads or None, verbose=False,
+                                   seed=p.seed)
+
+    def generate(self, prompt: str, seed: int) -> tuple[str, int, str]:
+        # The K samples of one prompt run back to back, so llama.cpp reuses the prompt's KV cache.
+        out = self.llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=self.p.max_tokens,
+                                              temperature=self.p.temperature, top_p=self.p.top_p, seed=seed)
+        choice = out["choices"][0]
+        return choice["message"]["content"] or "", out["usage"]["completion_tokens"], choice["finish_reason"]
+
+
+class TransformersBackend:
+    def __init__(self, _path: Path, p):
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.p, self.torch = p, torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tok = AutoTokenizer.from_pretrained("models/adapter")
+        model = AutoModelForCausalLM.from_pretrained("models/base", dtype=torch.float32)
+        self.model = PeftModel.from_pretrained(model, "models/adapter").merge_and_unload().to(self.device).eval()
+
+    def generate(self, prompt: str, seed: int) -> tuple[str, int, str]:
+        torch = self.torch
+        enc = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True).to(self.device)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=self.p.max_tokens, do_sample=self.p.temperature > 0,
+                                      temperature=self.p.temperature or None, top_p=self.p.top_p)
+        new = out[0][enc["input_ids"].shape[1]:]
+        finished = bool(len(new)) and int(new[-1]) == self.tok.eos_token_id
+        return (self.tok.decode(new, skip_special_tokens=True), len(new), "stop" if finished else "length")
+
+
+def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
+    rows, tokens, stopped = [], 0, 0
+    start = time.monotonic()
+    bar = tqdm(total=len(test) * p.k, desc="infer", unit="resp", disable=None)
+    for row in test:
+        for j in range(p.k):
+            text, n, finish = backend.generate(row["prompt"], sample_seed(p.seed, row["id"], j))
+            tokens += n
+            stopped += finish == "stop"
+            rows.append({"prompt_id": row["id"], "sample_idx": j, "task": row["task"], "prompt": row["prompt"],
+                         "reference": row["response"], "response": text, "cycle": cycle,
+                         "tokens": n, "finish_reason": finish})
+            bar.update(1)
+    bar.close()
+    seconds = time.monotonic() - start
+    return rows, {"responses": len(rows), "completion_tokens": tokens, "seconds": round(seconds, 1),
+                  "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+                  "stopped_share": round(stopped / len(rows), 4) if rows else None}
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+def main(params_path: str) -> None:
+    params = params_mod.load(params_path)
+    p = params.infer
+    test = records.read_records("data/test.jsonl", FIELDS, unique="id")
+    if p.backend == "llama_cpp" and not GGUF.exists():
+        raise click.ClickException(f"{GGUF} missing: run the export stage first")
+    backend = (LlamaCppBackend if p.backend == "llama_cpp" else TransformersBackend)(GGUF, p)
+    rows, metrics = run(test, backend, p, params.cycle)
+    records.write_jsonl("data/predictions.jsonl", rows)
+    records.write_json("metrics/infer.json", {"cycle": params.cycle, "backend": p.backend, "k": p.k, **metrics})
+    click.echo(f"infer: {metrics['responses']} responses ({p.k} per prompt), {metrics['tokens_per_s']} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
