@@ -74,7 +74,7 @@ def main(params_path: str) -> None:
             raise click.ClickException(f"llama.cpp and the HF tokenizer disagree on: {check['tokenizer_mismatches']}")
         os.replace(final, OUT)
     records.write_text(MODELFILE, gguf.ollama_modelfile(OUT.name, template, ["<|im_end|>", "<|im_start|>"]))
-    metrics = {"cycle": params.cycle, "quant": quant, "size_mb": round(OUT.stat().st_size / 2**20, 1),
+    metrics = {"quant": quant, "size_mb": round(OUT.stat().st_size / 2**20, 1),
                "seconds": round(time.monotonic() - start, 1),
                **{k: v for k, v in meta.items() if k != "chat_template"},
                "chat_template_matches": True, **check}

