@@ -31,12 +31,28 @@ class JudgeParseError(ValueError):
     pass
 
 
+def _objects(text: str):
+    """Every top-level {...} JSON object in the text, last first: a judge's verdict comes after
+    any text it echoes."""
+    decoder, found, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            _, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        found.append(text[i:end])
+        i = end
+    return reversed(found)
+
+
 def _candidates(text: str):
-    """The reply itself, then the body of a code fence, then the outermost {...} span."""
+    """The reply itself, then the body of a code fence, then each embedded object, last first."""
     yield text.strip()
     fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
     if fence:
         yield fence.group(1).strip()
+    yield from _objects(text)
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
         yield text[start:end + 1]

@@ -10,6 +10,10 @@ from typing import Any, Iterable, Iterator
 import click
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DataError(click.ClickException):
     """A user's data file is wrong; the message names the file and line."""
 
@@ -82,6 +86,7 @@ def _atomic_write(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -175,6 +175,7 @@ class Service:
         import litellm
 
         litellm.drop_params = True  # providers without seed/response_format still answer
+        litellm.suppress_debug_info = True  # its banners go to stdout and can carry request details
         kwargs = dict(req.body(self.model), timeout=self.timeout_s, num_retries=0)
         if kwargs["seed"] is None:
             del kwargs["seed"]

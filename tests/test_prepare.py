@@ -1,0 +1,76 @@
+import json
+from collections import Counter
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from duo import records
+from stages import prepare
+from tests.conftest import ROOT
+
+
+def rows(n_per_task: dict[str, int]):
+    return [{"id": f"{t}-{i}", "task": t, "prompt": f"p {t} {i}", "response": "r"}
+            for t, n in n_per_task.items() for i in range(n)]
+
+
+def test_shipped_sample_data_is_a_real_coverage_set():
+    data = records.read_records(ROOT / "data" / "coverage.jsonl", prepare.FIELDS, unique="id")
+    counts = Counter(r["task"] for r in data)
+    assert set(counts) == {"summarization", "classification", "coding", "closed_qa"}
+    assert min(counts.values()) >= 30
+    words = [len(r["prompt"].split()) for r in data if r["task"] == "summarization"]
+    assert min(words) >= 60, "summarization prompts carry a passage"
+
+
+def test_split_is_per_task_seeded_and_by_ratio():
+    data = rows({"a": 10, "b": 5})
+    train, test = prepare.split(data, 0.8, seed=1)
+    assert Counter(r["task"] for r in test) == {"a": 2, "b": 1}
+    assert len(train) + len(test) == 15 and not {r["id"] for r in train} & {r["id"] for r in test}
+    again = prepare.split(list(reversed(data)), 0.8, seed=1)
+    assert again == (train, test), "input order does not change the split"
+    other = prepare.split(data, 0.8, seed=2)
+    assert {r["id"] for r in other[1]} != {r["id"] for r in test}
+
+
+def test_task_that_cannot_be_split_is_refused():
+    with pytest.raises(click.ClickException, match="task 'b' has 1 row"):
+        prepare.split(rows({"a": 5, "b": 1}), 0.8, seed=1)
+    with pytest.raises(click.ClickException, match="leaves no training row"):
+        prepare.split(rows({"a": 2}), 0.1, seed=1)
+
+
+def _run(tmp_path, monkeypatch, coverage: str, params=None):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "coverage.jsonl").write_text(coverage)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params or {}))
+    return CliRunner().invoke(prepare.main, [])
+
+
+def test_cli_writes_both_splits(tmp_path, monkeypatch):
+    text = "".join(json.dumps(r) + "\n" for r in rows({"a": 5, "b": 5}))
+    result = _run(tmp_path, monkeypatch, text)
+    assert result.exit_code == 0, result.output
+    assert len(records.read_records("data/test.jsonl", prepare.FIELDS)) == 2
+
+
+@pytest.mark.parametrize("coverage, message", [
+    ('{"id": "x", "task": "a", "prompt": "p", "response": "r"}\n{"id": "y", "task": "a", "prompt": "p",\n',
+     "data/coverage.jsonl:2: invalid JSON"),
+    ('{"id": "x", "prompt": "p", "response": "r"}\n', "data/coverage.jsonl:1: missing field 'task'"),
+    ("", "data/coverage.jsonl: no records (empty file)"),
+])
+def test_cli_bad_input_is_a_clean_error(tmp_path, monkeypatch, coverage, message):
+    result = _run(tmp_path, monkeypatch, coverage)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "data" / "train.jsonl").exists()
+
+
+def test_cli_unknown_params_key_is_named(tmp_path, monkeypatch):
+    result = _run(tmp_path, monkeypatch, "", {"coverage": {"ratio": 0.5}})
+    assert result.exit_code == 1 and "unknown key 'coverage.ratio'" in result.output
