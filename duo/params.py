@@ -76,6 +76,7 @@ class Finetune:
     max_length: int = 1024
     loss: Literal["completion", "sequence"] = "completion"
     quantization: Literal["auto", "none", "4bit"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     group_by_length: bool = True
     gradient_checkpointing: bool = False
     threads: int = 0

@@ -66,6 +66,19 @@ def _device_and_quant(p) -> tuple[str, bool]:
     return ("cuda" if cuda else "cpu"), quant
 
 
+def _bf16_fast(device: str) -> bool:
+    """bf16 autocast pays where the hardware has bf16 math: recent GPUs, or CPUs with AVX512-BF16/AMX."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict:
     """Train a LoRA adapter on `rows`; write it (with chat template and resolved params) to `out`."""
     import torch
@@ -78,6 +91,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         torch.set_num_threads(p.threads)
     device, quant = _device_and_quant(p)
     r, alpha = lora_size(len(rows), p.lora.r, p.lora.alpha)
+    bf16 = p.precision == "bf16" or (p.precision == "auto" and _bf16_fast(device))
     tokenizer = AutoTokenizer.from_pretrained(base)
     model_kwargs = {"dtype": torch.float32}
     if quant:
@@ -117,6 +131,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         seed=p.seed,
         data_seed=p.seed,
         use_cpu=device == "cpu",
+        bf16=bf16,
         dataloader_num_workers=0,
         # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and
         # recomputing activations costs ~30% of the step.
