@@ -20,6 +20,7 @@ help:
 	@echo "make cycle     one turn of the loop (sets up .venv first)"
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
+	@echo "make bench     measure (service concurrency, resume) -> metrics/bench.json"
 	@echo "make setup     only create/update the environment"
 
 setup: $(STAMP) $(CONVERTER)
@@ -53,6 +54,10 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# Measured figures (never asserted in tests) -> metrics/bench.json
+bench: setup
+	$(PY) -m tests.bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -42,6 +42,15 @@ class Service:
     timeout_s: float = 120.0
     max_retries: int = 3
     n_ctx: int = 4096
+    concurrency: int = 4
+    rpm: int = 0
+    tpm: int = 0
+    budget_usd: float = 0.0
+    on_overflow: Literal["truncate", "skip"] = "truncate"
+
+    def check(self):
+        if self.concurrency < 1 or self.rpm < 0 or self.tpm < 0 or self.budget_usd < 0 or self.timeout_s <= 0:
+            raise ValueError("concurrency >= 1; rpm, tpm, budget_usd >= 0; timeout_s > 0")
 
 
 @dataclass
@@ -107,28 +116,38 @@ class Infer:
 
 @dataclass
 class Judge:
-    model: Optional[str] = None
+    models: Optional[list] = None
+    mode: Literal["single", "pairwise"] = "single"
     m: int = 1
     temperature: float = 0.7
     max_tokens: int = 96
     zetas: list = field(default_factory=lambda: [50, 70])
     max_parse_retries: int = 1
+    max_error_rate: float = 0.25
+    pmatch: bool = True
     seed: int = 42
 
     def check(self):
         if self.m < 1:
             raise ValueError("m must be >= 1")
+        if self.models is not None and (not self.models or not all(isinstance(x, str) and x for x in self.models)):
+            raise ValueError("models must be null or a non-empty list of model strings")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ValueError("max_error_rate must be between 0 and 1")
 
 
 @dataclass
 class Gate:
-    score: Literal["similarity", "precision"] = "precision"
+    score: Literal["similarity", "precision", "pairwise"] = "precision"
     statistic: str = "mean"
     threshold: float = 70.0
     max_cycles: int = 3
 
     def check(self):
-        if self.statistic != "mean" and not (self.statistic.startswith("c") and self.statistic[1:].isdigit()):
+        if self.score == "pairwise":
+            if self.statistic not in ("win", "win_or_tie"):
+                raise ValueError("with score 'pairwise', statistic must be 'win' or 'win_or_tie'")
+        elif self.statistic != "mean" and not (self.statistic.startswith("c") and self.statistic[1:].isdigit()):
             raise ValueError("statistic must be 'mean' or c<zeta> such as c70")
 
 

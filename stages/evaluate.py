@@ -1,10 +1,16 @@
-"""evaluate: the service LLM judges each (prompt, response, reference) M times for similarity and
-precision (1-100); metrics/eval.json gets V (mean) and C@ζ per score, overall and per task, beside
-deterministic ROUGE-L and exact match. An unparseable reply is a judge error: kept with its raw
-text, excluded from the means, counted; never a 0.
+"""evaluate: the service LLM judges each (prompt, response, reference) M times.
 
-Run: python -m stages.evaluate   (reads data/predictions.jsonl; writes data/judgments.jsonl,
-metrics/eval.json)
+single mode (default): similarity and precision, 1-100; metrics/eval.json gets V (mean), C@ζ and a
+95% bootstrap interval per score, overall and per task, pooled over the judge panel and per judge,
+with the agreement between judges. With `judge.pmatch`, the teacher's own answers to the test
+prompts (generated once, journaled) are judged the same way and P-Match = student / teacher.
+pairwise mode: the judge compares the student's response with the reference in both orders;
+inconsistent verdicts are ties; win/tie/loss rates.
+An unparseable reply is a judge error: kept with its raw text, excluded from every mean, counted;
+above judge.max_error_rate the stage fails. Deterministic ROUGE-L and exact match sit beside.
+
+Run: python -m stages.evaluate   (reads data/predictions.jsonl, data/test.jsonl; writes
+data/judgments.jsonl, data/teacher.jsonl, metrics/eval.json)
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from duo import params as params_mod
 from duo import records, service
 
 FIELDS = {"prompt_id": str, "sample_idx": int, "task": str, "prompt": str, "reference": str, "response": str}
+TEST_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
 
 
 def _seed(seed: int, *parts) -> int:
@@ -28,47 +35,89 @@ def _seed(seed: int, *parts) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def _request(text: str, schema: dict, judge_idx: int, attempt: int, p, structured: bool, *seed_parts):
+    fmt = {"type": "json_object", "schema": schema} if structured else {"type": "json_object"}
+    return service.Request(messages=[{"role": "user", "content": text}], sample_idx=judge_idx, attempt=attempt,
+                           temperature=p.temperature, max_tokens=p.max_tokens,
+                           seed=_seed(p.seed, *seed_parts, judge_idx, attempt), response_format=fmt)
+
+
 def judge_request(pred: dict, judge_idx: int, attempt: int, p, structured: bool) -> service.Request:
     text = prompts.render("judge.txt", instruction=pred["prompt"], human_response=pred["reference"],
                           lm_response=pred["response"])
-    fmt = {"type": "json_object", "schema": judge.SCHEMA} if structured else {"type": "json_object"}
-    return service.Request(messages=[{"role": "user", "content": text}], sample_idx=judge_idx, attempt=attempt,
-                           temperature=p.temperature, max_tokens=p.max_tokens,
-                           seed=_seed(p.seed, pred["prompt_id"], pred["sample_idx"], judge_idx, attempt),
-                           response_format=fmt)
+    return _request(text, judge.SCHEMA, judge_idx, attempt, p, structured, pred["prompt_id"], pred["sample_idx"])
 
 
-def judge_all(preds: list[dict], svc: service.Service, p) -> list[dict]:
-    """M judgments per prediction; unusable replies are re-asked up to max_parse_retries times."""
-    jobs = [(pred, j) for pred in preds for j in range(p.m)]
-    results: dict[int, dict] = {}
+def pairwise_request(pred: dict, student_first: bool, judge_idx: int, attempt: int, p, structured: bool):
+    a, b = (pred["response"], pred["reference"]) if student_first else (pred["reference"], pred["response"])
+    text = prompts.render("judge_pairwise.txt", instruction=pred["prompt"], response_a=a, response_b=b)
+    return _request(text, judge.PAIRWISE_SCHEMA, judge_idx, attempt, p, structured, pred["prompt_id"],
+                    pred["sample_idx"], "AB" if student_first else "BA")
+
+
+def _ask(jobs: list, make_request, parse, svc: service.Service, p, desc: str) -> list[tuple]:
+    """(value, error, raw) per job; an unusable reply is re-asked up to max_parse_retries times."""
+    results: dict[int, tuple] = {}
     pending = list(range(len(jobs)))
-    bar = tqdm(total=len(jobs), desc="judge", unit="call", disable=None)
+    bar = tqdm(total=len(jobs), desc=desc, unit="call", disable=None)
     for attempt in range(p.max_parse_retries + 1):
         if not pending:
             break
-        reqs = [judge_request(jobs[i][0], jobs[i][1], attempt, p, svc.supports_schema) for i in pending]
-        replies = svc.map(reqs)
+        replies = svc.map([make_request(jobs[i], attempt) for i in pending])
         retry = []
         for i, reply in zip(pending, replies):
-            pred, j = jobs[i]
-            row = {"prompt_id": pred["prompt_id"], "sample_idx": pred["sample_idx"], "judge_idx": j,
-                   "similarity": None, "precision": None, "error": None, "raw": reply.text}
             if reply.error:
-                row["error"] = f"call failed: {reply.error}"
+                results[i] = (None, f"call failed: {reply.error}", None)
             else:
                 try:
-                    row.update(judge.parse_reply(reply.text))
+                    results[i] = (parse(reply.text), None, reply.text)
                 except judge.JudgeParseError as exc:
-                    row["error"] = f"unparseable: {exc}"
-            results[i] = row
-            if row["error"] and attempt < p.max_parse_retries:
+                    results[i] = (None, f"unparseable: {exc}", reply.text)
+            if results[i][1] and attempt < p.max_parse_retries:
                 retry.append(i)
             else:
                 bar.update(1)
         pending = retry
     bar.close()
     return [results[i] for i in range(len(jobs))]
+
+
+def judge_single(preds: list[dict], svc, p, name: str, subject: str) -> list[dict]:
+    jobs = [(pred, j) for pred in preds for j in range(p.m)]
+    out = _ask(jobs, lambda job, a: judge_request(job[0], job[1], a, p, svc.supports_schema), judge.parse_reply,
+               svc, p, f"judge {subject}")
+    rows = []
+    for (pred, j), (scores, error, raw) in zip(jobs, out):
+        rows.append({"prompt_id": pred["prompt_id"], "sample_idx": pred["sample_idx"], "judge_idx": j,
+                     "judge": name, "subject": subject, "similarity": scores and scores["similarity"],
+                     "precision": scores and scores["precision"], "error": error, "raw": raw})
+    return rows
+
+
+def judge_pairwise(preds: list[dict], svc, p, name: str) -> list[dict]:
+    jobs = [(pred, j, order) for pred in preds for j in range(p.m) for order in (True, False)]
+    out = _ask(jobs, lambda job, a: pairwise_request(job[0], job[2], job[1], a, p, svc.supports_schema),
+               judge.parse_pairwise, svc, p, "judge pairwise")
+    rows = []
+    for k in range(0, len(jobs), 2):
+        pred, j, _ = jobs[k]
+        (first, e1, r1), (second, e2, r2) = out[k], out[k + 1]
+        error = e1 or e2
+        rows.append({"prompt_id": pred["prompt_id"], "sample_idx": pred["sample_idx"], "judge_idx": j,
+                     "judge": name, "subject": "student", "verdicts": [first, second],
+                     "outcome": None if error else judge.pairwise_outcome(first, second), "error": error,
+                     "raw": [r1, r2]})
+    return rows
+
+
+def teacher_answers(test: list[dict], svc, infer_p) -> list[dict]:
+    """The service's own answer to each test prompt, once (journaled), as a prediction row."""
+    reqs = [service.Request(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=infer_p.max_tokens,
+                            temperature=0.0, seed=infer_p.seed) for r in test]
+    replies = svc.map(reqs)
+    return [{"prompt_id": r["id"], "sample_idx": 0, "task": r["task"], "prompt": r["prompt"],
+             "reference": r["response"], "response": reply.text or "", "error": reply.error}
+            for r, reply in zip(test, replies)]
 
 
 def _norm(text: str) -> str:
@@ -94,27 +143,94 @@ def reference_metrics(preds: list[dict]) -> dict:
     return {**summary(everything), "by_task": {t: summary(v) for t, v in sorted(by_task.items())}}
 
 
+def pmatch(student: dict, teacher: dict) -> dict:
+    """Student V / teacher V per score, overall and per task (None where either is missing)."""
+    def ratio(s, t):
+        return round(s / t, 4) if s is not None and t else None
+
+    out = {}
+    for score in judge.SCORES:
+        s, t = student[score], teacher[score]
+        out[score] = {"overall": ratio(s["mean"], t["mean"]),
+                      "by_task": {task: ratio(v["mean"], t["by_task"].get(task, {}).get("mean"))
+                                  for task, v in s["by_task"].items()}}
+    return out
+
+
+def summarise_single(rows: list[dict], tasks: dict, p, names: list[str]) -> dict:
+    student = [r for r in rows if r["subject"] == "student"]
+    teacher = [r for r in rows if r["subject"] == "teacher"]
+    out = judge.aggregate(student, tasks, p.zetas)
+    out["by_judge"] = {n: judge.aggregate([r for r in student if r["judge"] == n], tasks, p.zetas) for n in names}
+    if teacher:
+        out["teacher"] = judge.aggregate(teacher, tasks, p.zetas)
+        out["pmatch"] = {"pooled": pmatch(out, out["teacher"])} | {
+            n: pmatch(out["by_judge"][n], judge.aggregate([r for r in teacher if r["judge"] == n], tasks, p.zetas))
+            for n in names}
+    if len(names) > 1:
+        per_judge = {n: {(r["prompt_id"], r["sample_idx"], r["judge_idx"]): (r["similarity"] + r["precision"]) / 2
+                         for r in student if r["judge"] == n and r["error"] is None} for n in names}
+        out["agreement"] = judge.agreement(per_judge)
+    return out
+
+
+def summarise_pairwise(rows: list[dict], tasks: dict, names: list[str]) -> dict:
+    ok = [r for r in rows if r["error"] is None]
+    by_task = defaultdict(list)
+    for r in ok:
+        by_task[tasks[r["prompt_id"]]].append(r["outcome"])
+    return {"pairwise": judge.pairwise_rates([r["outcome"] for r in ok]) | {
+        "by_task": {t: judge.pairwise_rates(v) for t, v in sorted(by_task.items())},
+        "by_judge": {n: judge.pairwise_rates([r["outcome"] for r in ok if r["judge"] == n]) for n in names}}}
+
+
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     p = params.judge
     preds = records.read_records("data/predictions.jsonl", FIELDS)
-    with service.from_params(params.service, p.model, journal="judge") as svc:
-        judgments = judge_all(preds, svc, p)
-    records.write_jsonl("data/judgments.jsonl", judgments)
-    tasks = {pred["prompt_id"]: pred["task"] for pred in preds}
-    errors = sum(j["error"] is not None for j in judgments)
-    metrics = {"cycle": params.cycle, **judge.aggregate(judgments, tasks, p.zetas),
-               "reference": reference_metrics(preds),
-               "judge": {"model": p.model or params.service.model, "samples": len(judgments),
-                         "judge_errors": errors, "error_rate": round(errors / len(judgments), 4),
-                         **svc.stats.as_dict()}}
+    test = records.read_records("data/test.jsonl", TEST_FIELDS, unique="id")
+    names = p.models or [params.service.model]
+    rows, teacher, stats = [], [], {}
+    if p.mode == "single" and p.pmatch:
+        with service.from_params(params.service, params.synth.model, journal="teacher") as svc:
+            teacher = teacher_answers(test, svc, params.infer)
+        stats["teacher"] = svc.stats.as_dict()
+    for name in names:
+        with service.from_params(params.service, name if p.models else None, journal="judge") as svc:
+            if p.mode == "pairwise":
+                rows += judge_pairwise(preds, svc, p, name)
+            else:
+                rows += judge_single(preds, svc, p, name, "student")
+                answered = [t for t in teacher if t["error"] is None]
+                if answered:
+                    rows += judge_single(answered, svc, p, name, "teacher")
+        stats[name] = svc.stats.as_dict()
+    records.write_jsonl("data/judgments.jsonl", rows)
+    records.write_jsonl("data/teacher.jsonl", teacher)
+    tasks = {r["id"]: r["task"] for r in test}
+    errors = sum(r["error"] is not None for r in rows)
+    summary = summarise_pairwise(rows, tasks, names) if p.mode == "pairwise" else \
+        summarise_single(rows, tasks, p, names)
+    rate = round(errors / len(rows), 4) if rows else 0.0
+    metrics = {"cycle": params.cycle, "mode": p.mode, **summary, "reference": reference_metrics(preds),
+               "judge": {"models": names, "samples": len(rows), "judge_errors": errors, "error_rate": rate,
+                         "calls": stats}}
     records.write_json("metrics/eval.json", metrics)
-    s, pr = metrics["similarity"], metrics["precision"]
-    click.echo(f"evaluate: similarity V={s['mean']} C@70={s.get('c70')}, precision V={pr['mean']} "
-               f"C@70={pr.get('c70')}, ROUGE-L {metrics['reference']['rougeL']}, "
-               f"{errors}/{len(judgments)} judge errors")
+    if p.mode == "pairwise":
+        pw = metrics["pairwise"]
+        click.echo(f"evaluate: pairwise win {pw['win']} tie {pw['tie']} loss {pw['loss']}, {errors} judge errors")
+    else:
+        s, pr = metrics["similarity"], metrics["precision"]
+        pm = metrics.get("pmatch", {}).get("pooled", {}).get("precision", {}).get("overall")
+        click.echo(f"evaluate: similarity V={s['mean']} C@70={s.get('c70')}, precision V={pr['mean']} "
+                   f"C@70={pr.get('c70')}, P-Match(precision)={pm}, ROUGE-L {metrics['reference']['rougeL']}, "
+                   f"{errors}/{len(rows)} judge errors")
+    if rate > p.max_error_rate:
+        raise click.ClickException(f"judge error rate {rate:.1%} is above judge.max_error_rate "
+                                   f"{p.max_error_rate:.0%}: the judge is not answering in the expected JSON; "
+                                   f"see the raw replies in data/judgments.jsonl")
 
 
 if __name__ == "__main__":

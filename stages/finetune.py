@@ -140,7 +140,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora)
-    log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'fp32'} on "
+    log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'bf16 autocast' if bf16 else 'fp32'} on "
         f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
     start = time.monotonic()
     result = trainer.train()
@@ -177,6 +177,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         "lora_alpha": alpha,
         "device": device,
         "quantized_4bit": quant,
+        "precision": "bf16" if bf16 else "fp32",
     }
 
 

@@ -25,6 +25,8 @@ def copy_project(dest: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
+        if rel == "dvc.lock" or (rel.startswith("metrics/") and rel.endswith(".json")):
+            continue  # results of a cycle run in this checkout are not part of a clone
         src = ROOT / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

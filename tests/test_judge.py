@@ -65,13 +65,22 @@ def test_aggregate_excludes_errors_and_reports_coverage():
     assert out["similarity"]["c50"] == 1.0 and out["similarity"]["c70"] == pytest.approx(1 / 3, abs=1e-4)
     assert out["precision"]["c70"] == pytest.approx(2 / 3, abs=1e-4)
     assert out["precision"]["by_task"]["qa"]["mean"] == 65.0
-    assert out["precision"]["by_task"]["code"] == {"mean": 70.0, "n": 1, "c50": 1.0, "c70": 1.0}
+    assert out["precision"]["by_task"]["code"] == {"mean": 70.0, "n": 1, "c50": 1.0, "c70": 1.0, "ci95": None}
+    low, high = out["precision"]["ci95"]
+    assert 40.0 <= low <= out["precision"]["mean"] <= high <= 90.0
+
+
+def test_bootstrap_ci_resamples_prompts_and_narrows_with_more_prompts():
+    few = judge.bootstrap_ci([[10.0], [90.0], [50.0]])
+    many = judge.bootstrap_ci([[10.0], [90.0], [50.0]] * 30)
+    assert few[0] < 50 < few[1] and (many[1] - many[0]) < (few[1] - few[0])
+    assert judge.bootstrap_ci([[50.0, 60.0]]) is None, "one prompt gives no interval"
 
 
 def test_all_errors_give_none_not_nan():
     out = judge.aggregate([{"prompt_id": "a", "error": "x", "similarity": None, "precision": None}],
                           {"a": "qa"}, [50])
-    assert out["similarity"] == {"mean": None, "n": 0, "c50": None, "by_task": {}}
+    assert out["similarity"] == {"mean": None, "n": 0, "c50": None, "ci95": None, "by_task": {}}
 
 
 def test_schema_uses_enum_for_llama_cpp():
