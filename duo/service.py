@@ -256,7 +256,8 @@ class Service:
 
         litellm.drop_params = True  # providers without seed/response_format still answer
         litellm.suppress_debug_info = True  # its banners go to stdout and can carry request details
-        kwargs = dict(req.body(self.model), messages=messages, timeout=self.timeout_s, num_retries=0)
+        # retries are ours alone (counted, journaled, Retry-After aware): none in litellm or the SDK
+        kwargs = dict(req.body(self.model), messages=messages, timeout=self.timeout_s, num_retries=0, max_retries=0)
         for optional in ("seed", "response_format"):
             if kwargs[optional] is None:
                 del kwargs[optional]

@@ -14,6 +14,7 @@ class FakeProvider:
         self.script: list[tuple[int, object, dict]] = []  # (status, body or text, headers)
         self.default = (200, "ok", {})
         self.delay_s = 0.0
+        self.delays: list[float] = []  # per-request delays, consumed in order, before delay_s applies
         self.lock = threading.Lock()
         provider = self
 
@@ -29,8 +30,9 @@ class FakeProvider:
                 with provider.lock:
                     provider.requests.append({"body": body, "headers": dict(self.headers)})
                     status, reply, headers = provider.script.pop(0) if provider.script else provider.default
-                if provider.delay_s:
-                    time.sleep(provider.delay_s)
+                    delay = provider.delays.pop(0) if provider.delays else provider.delay_s
+                if delay:
+                    time.sleep(delay)
                 if status != 200:
                     self._send(status, {"error": {"message": str(reply), "type": "error", "code": status}}, headers)
                     return

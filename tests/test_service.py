@@ -50,6 +50,17 @@ def test_transient_errors_are_retried_then_succeed(provider):
     assert reply.text == "ok" and len(provider.requests) == 4 and svc.stats.retries == 3
 
 
+def test_timeout_is_retried(provider):
+    provider.delays = [3.0]
+    provider.default = (200, "ok", {})
+    start = time.monotonic()
+    with make(provider, timeout_s=0.5) as svc:
+        reply = svc.complete(req())
+    assert reply.text == "ok" and svc.stats.retries == 1 and len(provider.requests) == 2
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.5, f"the stuck call was abandoned at its timeout ({elapsed:.1f} s)"
+
+
 def test_429_honours_retry_after(provider):
     provider.script = [(429, "slow down", {"Retry-After": "1"})]
     provider.default = (200, "ok", {})
