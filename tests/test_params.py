@@ -16,7 +16,7 @@ def test_shipped_params_parse_and_cover_every_section():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(raw) == {f for f in params.as_dict(p)}, "every section is declared and shipped"
     assert p.service.model == "local" and p.student.source == "bundled:smollm2"
-    assert p.finetune.lora.r == "auto"
+    assert p.finetune.lora.r == 16 and p.finetune.lora.alpha == "auto"
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
