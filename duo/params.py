@@ -61,10 +61,35 @@ class Synth:
     temperature: float = 0.8
     max_tokens: int = 1024
     seed: int = 42
+    per_cycle: int = 0
+    schedule: Literal["fixed", "doubling"] = "fixed"
+    max_requests: int = 50
 
     def check(self):
-        if self.seeds_per_cycle < 1 or self.pairs_per_request < 1:
-            raise ValueError("seeds_per_cycle and pairs_per_request must be >= 1")
+        if self.seeds_per_cycle < 1 or self.pairs_per_request < 1 or self.max_requests < 1 or self.per_cycle < 0:
+            raise ValueError("seeds_per_cycle, pairs_per_request, max_requests >= 1 and per_cycle >= 0")
+
+
+@dataclass
+class Curate:
+    shingle: int = 3
+    num_perm: int = 128
+    lsh_threshold: float = 0.5
+    rouge_l_max: float = 0.7
+    decontam_ngram: int = 13
+    min_instruction_tokens: int = 3
+    max_instruction_tokens: int = 2048
+    min_response_tokens: int = 1
+    max_response_tokens: int = 2048
+    min_passage_words: int = 40
+    min_compression_ratio: float = 0.25
+    language: Optional[str] = None
+
+    def check(self):
+        if self.shingle < 1 or self.num_perm < 16 or self.decontam_ngram < 1:
+            raise ValueError("shingle >= 1, num_perm >= 16, decontam_ngram >= 1")
+        if not (0 < self.lsh_threshold <= 1 and 0 < self.rouge_l_max <= 1):
+            raise ValueError("lsh_threshold and rouge_l_max must be in (0, 1]")
 
 
 @dataclass
@@ -158,6 +183,7 @@ class Params:
     coverage: Coverage = field(default_factory=Coverage)
     service: Service = field(default_factory=Service)
     synth: Synth = field(default_factory=Synth)
+    curate: Curate = field(default_factory=Curate)
     finetune: Finetune = field(default_factory=Finetune)
     export: Export = field(default_factory=Export)
     infer: Infer = field(default_factory=Infer)

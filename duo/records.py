@@ -52,7 +52,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def read_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,
-                 allow_empty: bool = False) -> list[dict]:
+                 allow_empty: bool = False, allow_blank: bool = False) -> list[dict]:
     """Read a JSONL file whose objects must hold `fields` with the given types (extra keys are kept)."""
     path = Path(path)
     rows, seen = [], {}
@@ -63,7 +63,7 @@ def read_records(path: str | Path, fields: dict[str, type], *, unique: str | Non
             value = obj[name]
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise _fail(path, lineno, f"field '{name}' must be {typ.__name__}, got {type(value).__name__}")
-            if typ is str and not value.strip():
+            if typ is str and not value.strip() and not allow_blank:
                 raise _fail(path, lineno, f"field '{name}' is empty")
         if unique:
             key = obj[unique]

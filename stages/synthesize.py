@@ -1,25 +1,26 @@
 """synthesize (cycle >= 1): the teacher writes new (instruction, response) pairs seeded from train.
 
 Seeds are drawn from train without replacement, seeded by (synth.seed, cycle); each request asks
-for several pairs as JSON {"contents": [...]}. Exact duplicates (of train, test, earlier cycles and
-each other) and exact test prompts are removed; the rest goes to data/synth/cycle-<t>.jsonl, which
-later cycles keep (the directory is a persisted DVC output).
+for several pairs as JSON {"contents": [...]}. Every round is curated (duo/curate.py: quality filters,
+decontamination against test, exact and near duplicates of train, earlier cycles and each other);
+requests continue until `synth.per_cycle` kept rows (doubling per cycle with `schedule: doubling`) or
+`synth.max_requests`. Kept rows go to data/synth/cycle-<t>.jsonl, removed ones with their reason to
+data/synth/rejected-cycle-<t>.jsonl; later cycles keep both (the directory is a persisted output).
 
 Run: python -m stages.synthesize   (reads data/train.jsonl, data/test.jsonl; writes data/synth/,
 metrics/synth.json)
 """
 from __future__ import annotations
 
-import json
 import random
-import re
-import unicodedata
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from duo import judge, prompts
+from collections import Counter
+
+from duo import curate, judge, prompts
 from duo import params as params_mod
 from duo import records, service
 
@@ -40,24 +41,36 @@ def schema(n: int) -> dict:
             "required": ["contents"]}
 
 
-def normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+def seed_stream(train: list[dict], seed: int, cycle: int):
+    """Train rows in a seeded order without replacement; a further pass reshuffles (and is marked, so
+    its requests differ from the first pass's)."""
+    rows = sorted(train, key=lambda r: r["id"])
+    for pass_no in range(1_000_000):
+        order = rows[:]
+        random.Random(f"{seed}:{cycle}:{pass_no}").shuffle(order)
+        for row in order:
+            yield pass_no, row
 
 
 def draw_seeds(train: list[dict], n: int, seed: int, cycle: int) -> list[dict]:
-    rng = random.Random(f"{seed}:{cycle}")
-    return rng.sample(sorted(train, key=lambda r: r["id"]), min(n, len(train)))
+    stream = seed_stream(train, seed, cycle)
+    return [next(stream)[1] for _ in range(min(n, len(train)))]
 
 
-def request_for(seed_row: dict, p, structured: bool) -> service.Request:
+def target_rows(p, cycle: int) -> int:
+    if not p.per_cycle:
+        return 0
+    return p.per_cycle * (2 ** (cycle - 1) if p.schedule == "doubling" else 1)
+
+
+def request_for(seed_row: dict, p, structured: bool, pass_no: int = 0) -> service.Request:
     name = "synth_summarization.txt" if seed_row["task"] == "summarization" else "synth.txt"
     topic = TOPICS.get(seed_row["task"], seed_row["task"].replace("_", " "))
     text = prompts.render(name, instruction=seed_row["prompt"], response=seed_row["response"], topic=topic,
                           n=str(p.pairs_per_request))
     fmt = {"type": "json_object", "schema": schema(p.pairs_per_request)} if structured else {"type": "json_object"}
     return service.Request(messages=[{"role": "user", "content": text}], temperature=p.temperature,
-                           max_tokens=p.max_tokens, seed=p.seed, response_format=fmt)
+                           max_tokens=p.max_tokens, seed=p.seed + pass_no, sample_idx=pass_no, response_format=fmt)
 
 
 def parse_pairs(text: str | None) -> list[dict]:
@@ -73,45 +86,47 @@ def parse_pairs(text: str | None) -> list[dict]:
     return []
 
 
-def dedup(candidates: list[dict], seen_prompts: set[str], seen_pairs: set[tuple[str, str]],
-          test_prompts: set[str]) -> tuple[list[dict], dict]:
-    kept, removed = [], {"exact_duplicate": 0, "test_prompt": 0}
-    for row in candidates:
-        prompt, pair = normalise(row["prompt"]), (normalise(row["prompt"]), normalise(row["response"]))
-        if prompt in test_prompts:
-            removed["test_prompt"] += 1
-        elif prompt in seen_prompts or pair in seen_pairs:
-            removed["exact_duplicate"] += 1
-        else:
-            seen_prompts.add(prompt)
-            seen_pairs.add(pair)
-            kept.append(row)
-    return kept, removed
-
-
-def synthesize(train, test, earlier, svc: service.Service, p, cycle: int) -> tuple[list[dict], dict]:
-    seeds = draw_seeds(train, p.seeds_per_cycle, p.seed, cycle)
-    reqs = [request_for(s, p, svc.supports_schema) for s in seeds]
-    bar = tqdm(total=len(reqs), desc="synthesize", unit="req", disable=None)
-    replies = svc.map(reqs, on_done=lambda i, r: bar.update(1))
+def synthesize(train, test, earlier, svc: service.Service, p, cfg, cycle: int):
+    """Request rounds of seeds until `per_cycle` kept rows (or one round when 0) or max_requests;
+    every round is curated against train, earlier cycles, what this cycle kept so far, and test."""
+    target = target_rows(p, cycle)
+    stream = seed_stream(train, p.seed, cycle)
+    kept, removed, seeds = [], [], []
+    totals = {"requests": 0, "failed_calls": 0, "unusable_replies": 0, "pairs_generated": 0}
+    bar = tqdm(total=target or min(p.seeds_per_cycle, p.max_requests), desc="synthesize",
+               unit="row" if target else "req", disable=None)
+    while totals["requests"] < p.max_requests:
+        n = min(p.seeds_per_cycle, p.max_requests - totals["requests"])
+        if not target:
+            n = min(n, len(train))
+        batch = [next(stream) for _ in range(n)]
+        seeds += [{"id": row["id"], "pass": pass_no} for pass_no, row in batch]
+        replies = svc.map([request_for(row, p, svc.supports_schema, pass_no) for pass_no, row in batch],
+                          on_done=None if target else (lambda i, r: bar.update(1)))
+        candidates = []
+        for (pass_no, seed_row), reply in zip(batch, replies):
+            totals["requests"] += 1
+            totals["failed_calls"] += reply.error is not None
+            pairs = parse_pairs(reply.text)
+            totals["unusable_replies"] += reply.error is None and not pairs
+            for k, pair in enumerate(pairs):
+                candidates.append({"id": f"syn-c{cycle}-{seed_row['id']}-p{pass_no}-{k}", "task": seed_row["task"],
+                                   "prompt": pair["instruction"].strip(), "response": pair["response"].strip(),
+                                   "seed_id": seed_row["id"], "cycle": cycle})
+        totals["pairs_generated"] += len(candidates)
+        new_kept, new_removed, _ = curate.curate(candidates, train + earlier + kept, test, cfg)
+        kept += new_kept
+        removed += new_removed
+        if target:
+            bar.update(min(len(new_kept), target - bar.n))
+        if not target or len(kept) >= target:
+            break
     bar.close()
-    candidates, unusable, failed = [], 0, 0
-    for seed_row, reply in zip(seeds, replies):
-        failed += reply.error is not None
-        pairs = parse_pairs(reply.text)
-        unusable += reply.error is None and not pairs
-        for k, pair in enumerate(pairs):
-            candidates.append({"id": f"syn-c{cycle}-{seed_row['id']}-{k}", "task": seed_row["task"],
-                               "prompt": pair["instruction"].strip(), "response": pair["response"].strip(),
-                               "seed_id": seed_row["id"], "cycle": cycle})
-    seen_rows = train + earlier
-    kept, removed = dedup(candidates, {normalise(r["prompt"]) for r in seen_rows},
-                          {(normalise(r["prompt"]), normalise(r["response"])) for r in seen_rows},
-                          {normalise(r["prompt"]) for r in test})
-    metrics = {"cycle": cycle, "seeds": [s["id"] for s in seeds], "requests": len(reqs), "failed_calls": failed,
-               "unusable_replies": unusable, "pairs_generated": len(candidates), "removed": removed,
-               "kept": len(kept)}
-    return kept, metrics
+    kept = kept[:target] if target else kept
+    reasons = dict(sorted(Counter(r["reason"] for r in removed).items()))
+    metrics = {"cycle": cycle, "target": target, **totals, "kept": len(kept), "removed": reasons,
+               "removed_rows": removed, "seeds": seeds}
+    return kept, removed, metrics
 
 
 @click.command()
@@ -129,15 +144,16 @@ def main(params_path: str) -> None:
     test = records.read_records("data/test.jsonl", FIELDS, unique="id")
     earlier = []
     for path in sorted(SYNTH_DIR.glob("cycle-*.jsonl")):
-        if int(path.stem.split("-")[1]) < cycle:
+        if path.stem.split("-")[1].isdigit() and int(path.stem.split("-")[1]) < cycle:
             earlier += records.read_records(path, FIELDS, allow_empty=True)
     with service.from_params(params.service, p.model, journal="synth") as svc:
-        kept, metrics = synthesize(train, test, earlier, svc, p, cycle)
+        kept, removed, metrics = synthesize(train, test, earlier, svc, p, params.curate, cycle)
     metrics["service"] = svc.stats.as_dict()
+    records.write_jsonl(SYNTH_DIR / f"rejected-cycle-{cycle}.jsonl", removed)
     records.write_jsonl(SYNTH_DIR / f"cycle-{cycle}.jsonl", kept)
     records.write_json("metrics/synth.json", metrics)
     click.echo(f"synthesize: {metrics['requests']} requests, {metrics['pairs_generated']} pairs, "
-               f"{metrics['kept']} kept -> {SYNTH_DIR / f'cycle-{cycle}.jsonl'}")
+               f"{metrics['kept']} kept (removed: {metrics['removed'] or 'none'}) -> {SYNTH_DIR / f'cycle-{cycle}.jsonl'}")
     if not kept:
         raise click.ClickException("synthesize: no usable pair survived; check the teacher "
                                    "(service.model / synth.model) and .duo/journal/synth.jsonl")

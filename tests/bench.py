@@ -53,9 +53,106 @@ def bench_service(calls: int = 400, concurrency: int = 16, latency_s: float = 0.
             "service.rerun_fraction": round(second / first, 4)}
 
 
+def synthetic_rows(n: int, seen: int, test: int, dup_share: float, overlap_share: float, seed: int = 0):
+    """Rows of realistic lengths built from the sample data's vocabulary, with planted near
+    duplicates (one word changed, of an earlier NEW or SEEN row) and test overlaps (a 15-word span of a
+    test text inside a longer instruction). Returns new, seen, test and the planted ids."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = sorted({w for line in (ROOT / "data" / "coverage.jsonl").read_text().splitlines()
+                    for w in json.loads(line)["prompt"].split() if w.isalpha()})
+
+    def text(lo, hi):
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
+
+    def fresh(prefix, i):
+        return {"id": f"{prefix}{i}", "task": "qa", "prompt": text(20, 120), "response": text(5, 60)}
+
+    seen_rows = [fresh("s", i) for i in range(seen)]
+    test_rows = [fresh("t", i) for i in range(test)]
+    new_rows, dups, overlaps = [], set(), set()
+    for i in range(n):
+        r = rng.random()
+        if r < dup_share and (new_rows or seen_rows):
+            src = rng.choice(new_rows if new_rows and rng.random() < 0.8 else seen_rows)
+            words = src["prompt"].split()
+            words[rng.randrange(len(words))] = rng.choice(vocab)
+            row = {"id": f"n{i}", "task": "qa", "prompt": " ".join(words), "response": src["response"]}
+            dups.add(row["id"])
+        elif r < dup_share + overlap_share:
+            t = rng.choice(test_rows)
+            words = max(t["prompt"].split(), t["response"].split(), key=len)
+            start = rng.randrange(max(1, len(words) - 15))
+            row = {"id": f"n{i}", "task": "qa", "prompt": text(5, 20) + " " + " ".join(words[start:start + 15]),
+                   "response": text(5, 40)}
+            overlaps.add(row["id"])
+        else:
+            row = fresh("n", i)
+        new_rows.append(row)
+    return new_rows, seen_rows, test_rows, dups, overlaps
+
+
+def bench_curate(n: int = 300_000, seen: int = 10_000, test: int = 1_000) -> dict:
+    """Runs in a child process so that its peak RSS is its own."""
+    import resource
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tests.bench", "--curate-child", str(n), str(seen), str(test)],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    figures["curate.peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return figures
+
+
+def _curate_child(n: int, seen: int, test: int) -> None:
+    from duo import curate
+    from duo.params import Curate
+
+    new_rows, seen_rows, test_rows, dups, overlaps = synthetic_rows(n, seen, test, 0.05, 0.01)
+    start = time.monotonic()
+    kept, removed, report = curate.curate(new_rows, seen_rows, test_rows, Curate())
+    seconds = time.monotonic() - start
+    reasons = {r["id"]: r["reason"] for r in removed}
+    # a planted row counts as found when it is removed (a duplicate of an overlap row may go as either)
+    found_dups = sum(i in reasons for i in dups)
+    found_over = sum(i in reasons for i in overlaps)
+    # naive: rouge-score's own ROUGE-L on every pair; timed on pairs from a 2,000-row sample,
+    # extrapolated to all rows
+    from rouge_score.rouge_scorer import _score_lcs
+
+    sample = [curate._rouge_tokens(r) for r in new_rows[:2000]]
+    pairs, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < 5.0:
+        a, b = sample[pairs % 2000], sample[(pairs * 7 + 1) % 2000]
+        _score_lcs(a, b)
+        pairs += 1
+    per_pair = (time.monotonic() - t0) / pairs
+    total = n + seen
+    naive = per_pair * total * (total - 1) / 2
+    print(json.dumps({"curate.rows": n, "curate.seconds": round(seconds, 1),
+                      "curate.rows_per_s": round(n / seconds), "curate.recall": round(
+                          (found_dups + found_over) / (len(dups) + len(overlaps)), 4),
+                      "curate.recall_near_duplicates": round(found_dups / len(dups), 4),
+                      "curate.recall_test_overlaps": round(found_over / len(overlaps), 4),
+                      "curate.kept": len(kept), "curate.removed": report["removed"],
+                      "curate.lsh_candidates": report["lsh_candidates"],
+                      "curate.naive_rouge_pairs_per_s": round(1 / per_pair),
+                      "curate.naive_extrapolated_s": round(naive), "curate.speedup_vs_naive": round(naive / seconds)}))
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--curate-child":
+        _curate_child(*map(int, sys.argv[2:5]))
+        return
     results = records.read_json(OUT, default={}) or {}
     figures = bench_service()
+    figures.update(bench_curate())
     results.update(figures)
     records.write_json(OUT, results)
     width = max(map(len, figures))

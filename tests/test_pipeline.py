@@ -15,7 +15,7 @@ from tests.conftest import ROOT, copy_project
 
 MICRO = {
     "coverage": {"train_ratio": 0.75, "seed": 1},
-    "synth": {"seeds_per_cycle": 2, "pairs_per_request": 2, "max_tokens": 320},
+    "synth": {"seeds_per_cycle": 2, "pairs_per_request": 2, "max_tokens": 320, "per_cycle": 2, "max_requests": 8},
     "finetune": {"max_steps": 2, "batch_size": 2, "max_length": 384},
     "infer": {"k": 1, "max_tokens": 24},
     "judge": {"m": 1},
@@ -135,7 +135,8 @@ def test_cycle1_synthesizes_and_trains_on_synthetic_data(repo, cycle1):
     synth = jsonl(repo, "data/synth/cycle-1.jsonl")
     assert synth and all(r["id"].startswith("syn-c1-") for r in synth)
     meta = read(repo, "metrics/synth.json")
-    assert meta["cycle"] == 1 and meta["kept"] == len(synth) and len(meta["seeds"]) == 2
+    assert meta["cycle"] == 1 and meta["kept"] == len(synth) == 2 and len(meta["seeds"]) >= 2
+    assert (repo / "data" / "synth" / "rejected-cycle-1.jsonl").exists()
     train = read(repo, "metrics/train.json")
     assert train["cycle"] == 1 and train["synth_rows"] == len(synth) and train["rows"] == 12 + len(synth)
     assert read(repo, "metrics/eval.json")["cycle"] == 1

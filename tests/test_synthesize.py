@@ -25,19 +25,39 @@ def test_parse_pairs_tolerates_wrappers_and_drops_bad_items():
     assert synthesize.parse_pairs('{"items": []}') == []
 
 
-def test_exact_dedup_against_seen_and_test_and_itself():
-    seen = [{"prompt": "What is 2+2?", "response": "4"}]
-    test_prompts = {synthesize.normalise("Capital of France?")}
-    new = [
-        {"id": "n1", "prompt": "what is 2 + 2", "response": "four"},  # same instruction as train
-        {"id": "n2", "prompt": "capital of FRANCE", "response": "Paris"},  # a test prompt
-        {"id": "n3", "prompt": "Name a prime.", "response": "7"},
-        {"id": "n4", "prompt": "name a prime", "response": "7."},  # duplicate of n3
-    ]
-    kept, removed = synthesize.dedup(new, {synthesize.normalise(s["prompt"]) for s in seen},
-                                     set(), test_prompts)
-    assert [r["id"] for r in kept] == ["n3"]
-    assert removed == {"exact_duplicate": 2, "test_prompt": 1}
+def _pairs(body):
+    content = body["messages"][0]["content"]
+    tag = abs(hash(content + str(body.get("seed")))) % 10**8
+    return json.dumps({"contents": [
+        {"instruction": f"Question number {tag} about topic {k} asked in a clear way?",
+         "response": f"A complete answer {tag}-{k} that is long enough."} for k in range(2)]})
+
+
+def test_volume_schedule_requests_until_the_target_of_kept_rows(in_tmp, monkeypatch):
+    from duo import service
+    from duo.params import Curate, Synth
+    from tests.fake_provider import FakeProvider
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    train = _rows(5)
+    with FakeProvider() as fake:
+        fake.default = (200, _pairs, {})
+        p = Synth(seeds_per_cycle=2, per_cycle=5, max_requests=20)
+        with service.Service("openai/t", api_base=fake.url, journal="s") as svc:
+            kept, removed, m = synthesize.synthesize(train, [], [], svc, p, Curate(), cycle=1)
+        assert len(kept) == 5 and m["requests"] == 4 and len(m["seeds"]) == 4
+        assert len({(s["id"], s["pass"]) for s in m["seeds"]}) == 4
+        # doubling: cycle 2 wants 10, but max_requests stops it at 3 requests (6 pairs)
+        p = Synth(seeds_per_cycle=2, per_cycle=5, schedule="doubling", max_requests=3)
+        assert synthesize.target_rows(p, 2) == 10 and synthesize.target_rows(p, 3) == 20
+        with service.Service("openai/t", api_base=fake.url) as svc:
+            kept, _, m = synthesize.synthesize(train, [], [], svc, p, Curate(), cycle=2)
+        assert m["requests"] == 3 and len(kept) == 6
+        # seeds wrap into a second pass (reshuffled) once train is exhausted
+        p = Synth(seeds_per_cycle=4, per_cycle=100, max_requests=8)
+        with service.Service("openai/t", api_base=fake.url) as svc:
+            _, _, m = synthesize.synthesize(train, [], [], svc, p, Curate(), cycle=3)
+        assert [s["pass"] for s in m["seeds"]].count(1) == 3 and len({s["id"] for s in m["seeds"][:5]}) == 5
 
 
 def test_request_picks_the_summarization_prompt(in_tmp):

@@ -1,0 +1,140 @@
+"""Planted fixtures where every removal is known: assert the kept ids and the removed id -> reason map
+exactly, not counts."""
+import json
+
+from click.testing import CliRunner
+
+from duo import curate
+from duo.params import Curate
+
+SKY = ("Explain in a short paragraph why the sky appears blue on a clear day to a curious ten year old child",
+       "Sunlight contains every colour. When it passes through the air, tiny gas molecules scatter the short blue "
+       "waves far more than the long red ones, so blue light reaches our eyes from every direction of the sky.")
+BREAD = ("Describe the basic steps a beginner should follow to bake a simple loaf of white bread at home",
+         "Mix flour, water, yeast and salt into a dough, knead it for ten minutes until smooth, let it rise "
+         "until doubled, shape it into a loaf, let it rise again and bake it in a hot oven for about half an hour.")
+TIDES = ("Summarize how the moon causes ocean tides on Earth for a general audience in two sentences",
+         "The moon's gravity pulls on the oceans, raising a bulge of water on the side facing it and another on "
+         "the far side. As the Earth turns through these bulges, coasts see two high and two low tides a day.")
+CODE = ("Write a Python function that returns the factorial of a non negative integer using a simple loop",
+        "def factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result")
+TEST = {"id": "t1", "task": "qa", "prompt": "What is the boiling point of water at sea level in degrees Celsius?",
+        "response": "At sea level and under standard atmospheric pressure, pure water boils at exactly one hundred "
+                    "degrees Celsius, which is two hundred and twelve degrees Fahrenheit."}
+
+
+def row(id_, inst, resp, task="qa"):
+    return {"id": id_, "task": task, "prompt": inst, "response": resp}
+
+
+def swap(text, old, new):
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+SEEN = [row("s1", *SKY)]
+NEW = [
+    row("ok_bread", *BREAD),
+    row("exact_seen", SKY[0].upper() + "  ", SKY[1].replace(" ", "   ")),
+    row("exact_new", BREAD[0] + "!", BREAD[1]),
+    row("same_instruction", BREAD[0].lower(), "Buy a loaf from the bakery down the road; it is quicker and tastes good."),
+    row("near_seen", swap(SKY[0], "short", "brief"), SKY[1]),  # one word changed
+    row("c1", *TIDES),
+    row("c2", swap(TIDES[0], "general", "broad"), TIDES[1]),
+    row("c3", swap(TIDES[0], "audience", "readership"), TIDES[1]),
+    row("ok_different", "Explain why sunsets often look red or orange instead of blue to a curious child",
+        "Near sunset light crosses much more air, so most blue light is scattered away before it reaches us and "
+        "the remaining reds and oranges dominate what we see near the horizon."),
+    row("ok_code", *CODE),
+    row("leak_ngram", "Check this claim for accuracy: at sea level and under standard atmospheric pressure, pure "
+                      "water boils at exactly one hundred degrees Celsius, says my textbook.", "The claim is correct."),
+    row("leak_prompt", "what is the BOILING point of water at sea level, in degrees celsius", "100 degrees."),
+    row("empty", "Tell me a fact about owls please", "   "),
+    row("refusal", "Write a limerick about a cat who loves jazz music", "I'm sorry, but I cannot help with that."),
+    row("placeholder", "Answer the following: $instruction", "Here is the answer you asked for today."),
+    row("json_left", "Give me three tips for better sleep at night", '{"instruction": "x", "response": "y"}'),
+    row("no_passage", "Summarize the article in two sentences.", "The article says things happened.", "summarization"),
+    row("repeats", "List the colours of the rainbow in order from red", "List the colours of the rainbow in order from red"),
+    row("repetitive", "Write a short advert for our shop", "Buy now! " * 60),
+    row("too_short", "Hi", "Hello there, how can I help you today?"),
+]
+EXPECTED_REMOVED = {
+    "exact_seen": ("exact_duplicate", "s1"),
+    "exact_new": ("exact_duplicate", "ok_bread"),
+    "same_instruction": ("exact_instruction", "ok_bread"),
+    "near_seen": ("near_duplicate", "s1"),
+    "c2": ("near_duplicate", "c1"),
+    "c3": ("near_duplicate", "c1"),
+    "leak_ngram": ("test_ngram_overlap", "t1"),
+    "leak_prompt": ("test_prompt", "t1"),
+    "empty": ("empty", None),
+    "refusal": ("refusal", None),
+    "placeholder": ("leftover_template", None),
+    "json_left": ("leftover_template", None),
+    "no_passage": ("no_passage_to_summarize", None),
+    "repeats": ("response_repeats_instruction", None),
+    "repetitive": ("repetitive", None),
+    "too_short": ("instruction_too_short", None),
+}
+
+
+def test_planted_fixture_exact_outcome():
+    kept, removed, report = curate.curate(NEW, SEEN, [TEST], Curate())
+    assert [r["id"] for r in kept] == ["ok_bread", "c1", "ok_different", "ok_code"]
+    assert {r["id"]: (r["reason"], r["duplicate_of"]) for r in removed} == EXPECTED_REMOVED
+    assert report["in"] == len(NEW) and report["out"] == 4
+
+
+def test_seen_and_test_are_never_modified_and_order_is_kept():
+    seen, test = json.dumps(SEEN), json.dumps(TEST)
+    kept, removed, _ = curate.curate(list(reversed(NEW)), SEEN, [TEST], Curate())
+    assert json.dumps(SEEN) == seen and json.dumps(TEST) == test
+    # reversed input: the first of each cluster in *input* order wins
+    assert [r["id"] for r in kept] == ["ok_code", "ok_different", "c3", "same_instruction"]
+    assert {r["id"]: r["duplicate_of"] for r in removed}["c1"] == "c3"
+
+
+def test_wrong_language_filter():
+    cfg = Curate(language="en")
+    french = row("fr", "Expliquez pourquoi le ciel est bleu pendant la journée", "La lumière du soleil est diffusée "
+                 "par les molécules de l'air et le bleu est diffusé le plus, donc le ciel est bleu.")
+    kept, removed, _ = curate.curate([french, row("ok_code", *CODE)], [], [], cfg)
+    assert [r["id"] for r in kept] == ["ok_code"] and removed[0]["reason"] == "wrong_language"
+
+
+def test_cli(tmp_path):
+    from duo.cli import main
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    new, seen, test = write("new.jsonl", NEW), write("seen.jsonl", SEEN), write("test.jsonl", [TEST])
+    out, report = tmp_path / "kept.jsonl", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["curate", new, "--seen", seen, "--test", test, "--out", str(out),
+                                       "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["ok_bread", "c1", "ok_different",
+                                                                                  "ok_code"]
+    rep = json.loads(report.read_text())
+    assert {r["id"]: r["reason"] for r in rep["removed_rows"]} == {k: v[0] for k, v in EXPECTED_REMOVED.items()}
+    rejected = tmp_path / "kept.rejected.jsonl"
+    assert len(rejected.read_text().splitlines()) == len(EXPECTED_REMOVED)
+    bad = CliRunner().invoke(main, ["curate", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    assert bad.exit_code == 1 and "file not found" in bad.output and "Traceback" not in bad.output
+
+
+def test_fast_rouge_l_equals_rouge_score():
+    import random
+
+    from rouge_score import rouge_scorer, tokenize
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    rng = random.Random(0)
+    vocab = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "fast", "slow", "red", "blue"]
+    for _ in range(300):
+        x = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 70)))
+        y = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 70)))
+        expected = scorer.score(x, y)["rougeL"].fmeasure
+        assert abs(curate.rouge_l(tokenize.tokenize(x, None), tokenize.tokenize(y, None)) - expected) < 1e-12
