@@ -26,11 +26,17 @@ def test_parse_pairs_tolerates_wrappers_and_drops_bad_items():
 
 
 def _pairs(body):
-    content = body["messages"][0]["content"]
-    tag = abs(hash(content + str(body.get("seed")))) % 10**8
-    return json.dumps({"contents": [
-        {"instruction": f"Question number {tag} about topic {k} asked in a clear way?",
-         "response": f"A complete answer {tag}-{k} that is long enough."} for k in range(2)]})
+    """Two distinct pairs per request, different for every request (no near duplicates)."""
+    import hashlib
+    import random
+
+    rng = random.Random(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+    words = [f"w{i}" for i in range(5000)]
+
+    def text(n):
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    return json.dumps({"contents": [{"instruction": text(12), "response": text(10)} for _ in range(2)]})
 
 
 def test_volume_schedule_requests_until_the_target_of_kept_rows(in_tmp, monkeypatch):
