@@ -91,7 +91,7 @@ def synthesize(train, test, earlier, svc: service.Service, p, cfg, cycle: int):
     every round is curated against train, earlier cycles, what this cycle kept so far, and test."""
     target = target_rows(p, cycle)
     stream = seed_stream(train, p.seed, cycle)
-    kept, removed, seeds = [], [], []
+    kept, removed, rejected, seeds = [], [], [], []
     totals = {"requests": 0, "failed_calls": 0, "unusable_replies": 0, "pairs_generated": 0}
     bar = tqdm(total=target or min(p.seeds_per_cycle, p.max_requests), desc="synthesize",
                unit="row" if target else "req", disable=None)
@@ -117,6 +117,8 @@ def synthesize(train, test, earlier, svc: service.Service, p, cfg, cycle: int):
         new_kept, new_removed, _ = curate.curate(candidates, train + earlier + kept, test, cfg)
         kept += new_kept
         removed += new_removed
+        by_id = {c["id"]: c for c in candidates}
+        rejected += [by_id[r["id"]] | r for r in new_removed]
         if target:
             bar.update(min(len(new_kept), target - bar.n))
         if not target or len(kept) >= target:
@@ -126,7 +128,7 @@ def synthesize(train, test, earlier, svc: service.Service, p, cfg, cycle: int):
     reasons = dict(sorted(Counter(r["reason"] for r in removed).items()))
     metrics = {"cycle": cycle, "target": target, **totals, "kept": len(kept), "removed": reasons,
                "removed_rows": removed, "seeds": seeds}
-    return kept, removed, metrics
+    return kept, rejected, metrics
 
 
 @click.command()
