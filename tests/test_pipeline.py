@@ -105,13 +105,19 @@ def test_cycle0_runs_every_stage_and_writes_its_outputs(repo, cycle0):
     assert len(preds) == 4 and {p["sample_idx"] for p in preds} == {0}
     assert set(preds[0]) >= {"prompt_id", "sample_idx", "task", "prompt", "reference", "response", "cycle"}
     judgments = jsonl(repo, "data/judgments.jsonl")
-    assert len(judgments) == 4 and set(judgments[0]) >= {"prompt_id", "sample_idx", "judge_idx", "similarity",
-                                                           "precision", "error", "raw"}
+    student = [j for j in judgments if j["subject"] == "student"]
+    assert len(student) == 4 and set(student[0]) >= {"prompt_id", "sample_idx", "judge_idx", "similarity",
+                                                      "precision", "error", "raw"}
+    assert len(jsonl(repo, "data/teacher.jsonl")) == 4, "the teacher answered every test prompt once"
+    assert len(judgments) == 8, "and its answers were judged the same way (P-Match)"
     ev = read(repo, "metrics/eval.json")
-    assert ev["judge"]["samples"] == 4
+    assert ev["judge"]["samples"] == 8
+    student_errors = sum(j["error"] is not None for j in student)
     for score in ("similarity", "precision"):
-        assert {"mean", "c50", "c70", "n", "by_task"} <= set(ev[score])
-        assert ev[score]["n"] == 4 - ev["judge"]["judge_errors"]
+        assert {"mean", "c50", "c70", "n", "ci95", "by_task"} <= set(ev[score])
+        assert ev[score]["n"] == 4 - student_errors
+    assert "pooled" in ev["pmatch"] and set(ev["pmatch"]["pooled"]) == {"similarity", "precision"}
+    assert read(repo, "metrics/cost.json")["cycle"] == 0
     assert set(ev["reference"]["by_task"]) == {"classification", "closed_qa", "coding", "summarization"}
     verdict = read(repo, "metrics/cycle.json")
     assert verdict["cycle"] == 0 and verdict["passed"] is False and verdict["next"].startswith("run cycle 1")
