@@ -132,11 +132,14 @@ def _shingle_hashes(tokens: list[str], k: int):
     return np.unique(v)
 
 
-def _minhashes(token_lists: list[list[str]], cfg: Config):
+def _minhash(hashes, template):
+    """A MinHash of precomputed shingle hashes (datasketch's own update, the template's permutations)."""
     from datasketch import MinHash
 
-    return MinHash.bulk([_shingle_hashes(t, cfg.shingle) for t in token_lists], num_perm=cfg.num_perm,
-                        hashfunc=_identity)
+    m = MinHash(num_perm=len(template.hashvalues), hashfunc=_identity, permutations=template.permutations,
+                scheme=template.scheme)
+    m.update_batch(hashes)
+    return m
 
 
 def _identity(x: int) -> int:
@@ -185,7 +188,7 @@ def curate(new: list[dict], seen: list[dict], test: list[dict], cfg: Config,
         exact_pair.setdefault((ni, nr), row["id"])
 
     # pass 1: filters, decontamination, exact duplicates (cheap, and shrinks what MinHash sees)
-    survivors, survivor_tokens = [], []
+    survivors, survivor_hashes = [], []
     for row in new:
         ni, nr = normalise(row.get("prompt", "")), normalise(row.get("response", ""))
         wi, wr = ni.split(), nr.split()
@@ -206,7 +209,8 @@ def curate(new: list[dict], seen: list[dict], test: list[dict], cfg: Config,
         exact_inst[ni] = row["id"]
         exact_pair[(ni, nr)] = row["id"]
         survivors.append(row)
-        survivor_tokens.append(wi + wr)
+        # keep only the compact shingle hashes: word lists for 300k rows cost gigabytes
+        survivor_hashes.append(_shingle_hashes(wi + wr, cfg.shingle))
 
     # pass 2: near duplicates; SEEN rows go in first so they always win, then NEW in input order.
     # ROUGE-L (quadratic) runs only on LSH candidates.
@@ -221,13 +225,18 @@ def curate(new: list[dict], seen: list[dict], test: list[dict], cfg: Config,
             rouge_cache[key] = _rouge_tokens(row)
         return rouge_cache[key]
 
-    seen_tokens = [words(r["prompt"]) + words(r["response"]) for r in seen]
-    for row, mh in zip(seen, _minhashes(seen_tokens, cfg)):
+    from datasketch import MinHash
+
+    template = MinHash(num_perm=cfg.num_perm)
+    for row in seen:
+        mh = _minhash(_shingle_hashes(words(row["prompt"]) + words(row["response"]), cfg.shingle), template)
         key = ("seen", row["id"])
         lsh.insert(key, mh, check_duplication=False)
         rows_by_key[key], order[key], representative[key] = row, len(order), row["id"]
     kept, confirmed, candidates = [], 0, 0
-    for row, mh in zip(survivors, _minhashes(survivor_tokens, cfg)):
+    for i, row in enumerate(survivors):
+        mh = _minhash(survivor_hashes[i], template)
+        survivor_hashes[i] = None
         dup_of, mine = None, ("new", row["id"])
         for key in sorted(lsh.query(mh), key=lambda k: (k[0] != "seen", order[k])):  # SEEN, then NEW in order
             candidates += 1

@@ -26,26 +26,34 @@ OUT = ROOT / "metrics" / "bench.json"
 def bench_service(calls: int = 400, concurrency: int = 16, latency_s: float = 0.5) -> dict:
     preds = [{"prompt_id": f"p{i}", "sample_idx": 0, "task": "qa", "prompt": f"Question {i}?",
               "reference": "Ref.", "response": "Answer."} for i in range(calls)]
+    import subprocess
+    import sys
+
     p = Judge(m=1, max_parse_retries=0)
     cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp, FakeProvider() as fake:
+    reply = '{"similarity_assessment": {"score": 70}, "precision_assessment": {"score": 80}}'
+    # the provider runs in its own process, as a remote one would
+    server = subprocess.Popen([sys.executable, "-m", "tests.fake_provider", str(latency_s), reply], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    url = server.stdout.readline().strip()
+    with tempfile.TemporaryDirectory() as tmp:
         os.symlink(ROOT / "prompts", Path(tmp) / "prompts")
         os.chdir(tmp)
         try:
-            fake.delay_s = latency_s
-            fake.default = (200, '{"similarity_assessment": {"score": 70}, "precision_assessment": {"score": 80}}', {})
             os.environ.setdefault("OPENAI_API_KEY", "bench-no-key")
             timings = []
             for _ in range(2):
-                with service.Service("openai/bench", api_base=fake.url, concurrency=concurrency,
-                                     journal="bench") as svc:
+                with service.Service("openai/bench", api_base=url, concurrency=concurrency, journal="bench") as svc:
                     start = time.monotonic()
                     rows = evaluate.judge_single(preds, svc, p, "bench", "student")
-                    timings.append((time.monotonic() - start, len(fake.requests), svc.stats.max_in_flight))
+                    timings.append((time.monotonic() - start, svc.stats.calls, svc.stats.max_in_flight))
                     assert all(r["error"] is None for r in rows)
         finally:
             os.chdir(cwd)
+            server.stdin.close()
+            server.wait(timeout=10)
     (first, n1, peak), (second, n2, _) = timings
+    n2 += n1  # calls are per run
     ideal = calls * latency_s / concurrency
     return {"service.concurrency_efficiency": round(ideal / first, 3), "service.calls": n1,
             "service.first_run_s": round(first, 2), "service.ideal_s": ideal, "service.max_in_flight": peak,

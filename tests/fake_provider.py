@@ -54,7 +54,11 @@ class FakeProvider:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the default backlog of 5 drops bursts of concurrent connects
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -65,3 +69,21 @@ class FakeProvider:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve_forever(delay_s: float, reply: str) -> None:
+    """`python -m tests.fake_provider DELAY REPLY`: a standalone provider process (benchmarks), so the
+    client under test does not share its interpreter (and GIL) with the server."""
+    import sys
+
+    fake = FakeProvider()
+    fake.delay_s, fake.default = delay_s, (200, reply, {})
+    with fake:
+        print(fake.url, flush=True)
+        sys.stdin.read()  # runs until the parent closes our stdin
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(float(sys.argv[1]), sys.argv[2])
