@@ -229,6 +229,7 @@ class Service:
         self.stopped: str | None = None
         self._in_flight = 0
         self._probing = False
+        self._priced: bool | None = None
         self._stack = contextlib.ExitStack()
         self.journal: Journal | None = None
 
@@ -238,6 +239,8 @@ class Service:
         return self.is_local
 
     def __enter__(self) -> "Service":
+        import litellm  # noqa: F401  (seconds to import: pay it here, not inside the first call's timeout)
+
         if self.is_local:
             gguf = models.resolve_gguf(self.spec)
             self.api_base = self._stack.enter_context(
@@ -270,11 +273,14 @@ class Service:
         usage = getattr(resp, "usage", None)
         if self.is_local:
             cost = 0.0
+        elif self._priced is False:
+            cost = None  # known to be unpriced: skip litellm's lookup (and its exception) per call
         else:
             try:
                 cost = float(litellm.completion_cost(completion_response=resp))
+                self._priced = True
             except Exception:  # unknown price: tokens still count, cost unknown
-                cost = None
+                cost, self._priced = None, False
         return Reply(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                      completion_tokens=getattr(usage, "completion_tokens", 0) or 0, cost_usd=cost)
 
