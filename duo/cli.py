@@ -10,7 +10,7 @@ import click
 
 from duo import records
 
-ROW_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+ROW_FIELDS = records.ROW_FIELDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

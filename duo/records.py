@@ -14,6 +14,10 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# The row contract of coverage, train, test and synthetic files.
+ROW_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+
+
 class DataError(click.ClickException):
     """A user's data file is wrong; the message names the file and line."""
 

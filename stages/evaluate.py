@@ -27,7 +27,7 @@ from duo import params as params_mod
 from duo import records, service
 
 FIELDS = {"prompt_id": str, "sample_idx": int, "task": str, "prompt": str, "reference": str, "response": str}
-TEST_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+TEST_FIELDS = records.ROW_FIELDS
 
 
 def _seed(seed: int, *parts) -> int:

@@ -24,7 +24,7 @@ from duo import records
 BASE = Path("models/base")
 OUT = Path("models/adapter")
 SYNTH_DIR = Path("data/synth")
-FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+FIELDS = records.ROW_FIELDS
 
 
 def lora_size(n_rows: int, r, alpha) -> tuple[int, int]:

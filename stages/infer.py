@@ -18,7 +18,7 @@ from duo import params as params_mod
 from duo import records
 
 GGUF = Path("models/student.gguf")
-FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+FIELDS = records.ROW_FIELDS
 
 
 def sample_seed(seed: int, prompt_id: str, sample_idx: int) -> int:

@@ -12,7 +12,7 @@ import click
 from duo import params as params_mod
 from duo import records
 
-FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+FIELDS = records.ROW_FIELDS
 
 
 def split(rows: list[dict], train_ratio: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -25,7 +25,7 @@ from duo import params as params_mod
 from duo import records, service
 
 SYNTH_DIR = Path("data/synth")
-FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+FIELDS = records.ROW_FIELDS
 TOPICS = {"summarization": "concise, faithful summaries of passages",
           "classification": "text classification with a fixed label set",
           "coding": "short, correct programming solutions",
