@@ -75,6 +75,15 @@ def _load(candidate: str):
         return None
 
 
+def json_objects(text: str):
+    """Each JSON object a model reply can soundly be read as, best candidate first (the reply
+    itself, a fenced block, embedded objects last-first), after bounded repair."""
+    for candidate in _candidates(text):
+        obj = _load(candidate)
+        if isinstance(obj, dict):
+            yield obj
+
+
 def _score(obj: dict, score: str) -> float:
     block = obj.get(FIELDS[score])
     if not isinstance(block, dict) or "score" not in block:
@@ -92,10 +101,7 @@ def parse_reply(text: str | None) -> dict:
     if not text or not text.strip():
         raise JudgeParseError("empty reply")
     last = "no JSON object in reply"
-    for candidate in _candidates(text):
-        obj = _load(candidate)
-        if not isinstance(obj, dict):
-            continue
+    for obj in json_objects(text):
         try:
             return {s: _score(obj, s) for s in SCORES}
         except JudgeParseError as exc:
@@ -154,9 +160,8 @@ def parse_pairwise(text: str | None) -> str:
     """'A', 'B' or 'tie' from the judge's own {"winner": ...} field, else JudgeParseError."""
     if not text or not text.strip():
         raise JudgeParseError("empty reply")
-    for candidate in _candidates(text):
-        obj = _load(candidate)
-        if isinstance(obj, dict) and "winner" in obj:
+    for obj in json_objects(text):
+        if "winner" in obj:
             value = str(obj["winner"]).strip()
             if value.upper() in ("A", "B"):
                 return value.upper()

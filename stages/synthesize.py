@@ -77,9 +77,8 @@ def parse_pairs(text: str | None) -> list[dict]:
     """The `contents` list of a reply, tolerating code fences and prose around the JSON."""
     if not text:
         return []
-    for candidate in judge._candidates(text):
-        obj = judge._load(candidate)
-        if isinstance(obj, dict) and isinstance(obj.get("contents"), list):
+    for obj in judge.json_objects(text):
+        if isinstance(obj.get("contents"), list):
             return [c for c in obj["contents"] if isinstance(c, dict)
                     and isinstance(c.get("instruction"), str) and isinstance(c.get("response"), str)
                     and c["instruction"].strip() and c["response"].strip()]
