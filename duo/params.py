@@ -115,6 +115,7 @@ class Finetune:
     gradient_checkpointing: bool = False
     threads: int = 0
     seed: int = 42
+    save_steps: int = 10
     lora: Lora = field(default_factory=Lora)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -119,6 +120,25 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(text))
+
+
+def replace_dir(new: str | Path, dest: str | Path) -> None:
+    """Publish the finished folder `new` as `dest`: the old `dest` is moved aside, not deleted,
+    until the new one is in place, so a crash at any point leaves a complete version on disk."""
+    new, dest = Path(new), Path(dest)
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.rename(dest, old / dest.name)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        if old is not None:
+            os.rename(old / dest.name, dest)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from duo import checkpoints
 from duo import params as params_mod
 from duo import records
 
@@ -113,8 +114,9 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
                       target_modules=p.lora.target_modules, task_type="CAUSAL_LM")
     work = Path(tempfile.mkdtemp(prefix=".finetune.", dir=out.parent))
+    ckpt = checkpoints.Checkpoints.for_run(rows, params_mod.as_dict(p), base, p.save_steps, log=log)
     config = SFTConfig(
-        output_dir=str(work / "trainer"),
+        **ckpt.trainer_args(),  # .duo/checkpoints/<key>/, every finetune.save_steps, sealed
         num_train_epochs=p.epochs,
         max_steps=p.max_steps,
         learning_rate=p.lr,
@@ -126,7 +128,6 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         completion_only_loss=p.loss == "completion",
         train_sampling_strategy="group_by_length" if p.group_by_length else "random",
         logging_steps=1,
-        save_strategy="no",
         report_to="none",
         seed=p.seed,
         data_seed=p.seed,
@@ -142,8 +143,9 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
                          peft_config=lora)
     log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'bf16 autocast' if bf16 else 'fp32'} on "
         f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
+    ckpt.attach(trainer)
     start = time.monotonic()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=ckpt.latest())
     seconds = time.monotonic() - start
 
     try:
@@ -153,12 +155,11 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         resolved = params_mod.as_dict(p) | {"lora_r": r, "lora_alpha": alpha, "device": device,
                                             "quantized_4bit": quant, "rows": len(rows)}
         records.write_json(work / "adapter" / "duo_params.json", resolved)
-        if out.exists():
-            shutil.rmtree(out)
-        (work / "adapter").rename(out)
+        records.replace_dir(work / "adapter", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    ckpt.clean()
     history = [h for h in trainer.state.log_history if "loss" in h]
     seen_tokens = sum(min(n, p.max_length) for n in lengths) * (
         trainer.state.global_step * p.batch_size * p.grad_accum / max(1, len(rows)))
