@@ -29,10 +29,13 @@ class Coverage:
     path: str = "data/coverage.jsonl"
     train_ratio: float = 0.8
     seed: int = 42
+    max_record_bytes: int = 1_000_000
 
     def check(self):
         if not 0.0 < self.train_ratio < 1.0:
             raise ValueError("train_ratio must be between 0 and 1 (exclusive)")
+        if self.max_record_bytes < 1:
+            raise ValueError("max_record_bytes must be >= 1")
 
 
 @dataclass

@@ -28,13 +28,35 @@ def _fail(path: Path, line: int | None, reason: str) -> DataError:
     return DataError(f"{where}: {reason}")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; bad lines raise DataError."""
+def _too_long(fh, path: Path, lineno: int, head: bytes, max_bytes: int, what: str) -> DataError:
+    size = len(head)
+    while not head.endswith(b"\n"):  # count the rest of the line without holding it
+        head = fh.readline(1 << 20)
+        if not head:
+            break
+        size += len(head)
+    size -= len(head) - len(head.rstrip(b"\r\n"))
+    return _fail(path, lineno, f"record is {size:,} bytes, over {what} = {max_bytes:,}; shorten or drop it")
+
+
+def iter_jsonl(path: str | Path, *, max_bytes: int | None = None, what: str = "the record size limit",
+               offsets: bool = False) -> Iterator[tuple]:
+    """Yield (line number, object) for each non-blank line, one line in memory at a time; with
+    `offsets`, (line number, byte offset, object). Bad lines raise DataError naming path and line;
+    a line over `max_bytes` is refused without being read whole."""
     path = Path(path)
     if not path.exists():
         raise _fail(path, None, "file not found")
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        lineno, offset = 0, 0
+        while True:
+            raw = fh.readline(max_bytes + 2) if max_bytes else fh.readline()
+            if not raw:
+                break
+            lineno, start = lineno + 1, offset
+            offset += len(raw)
+            if max_bytes and len(raw.rstrip(b"\r\n")) > max_bytes:
+                raise _too_long(fh, path, lineno, raw, max_bytes, what)
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a BOM is an editor's habit, not a data error
             if b"\x00" in raw:
@@ -53,15 +75,18 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 raise _fail(path, lineno, f"invalid JSON: {exc.msg} at column {exc.colno}{hint}") from None
             if not isinstance(obj, dict):
                 raise _fail(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+            yield (lineno, start, obj) if offsets else (lineno, obj)
 
 
-def read_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,
-                 allow_empty: bool = False, allow_blank: bool = False) -> list[dict]:
-    """Read a JSONL file whose objects must hold `fields` with the given types (extra keys are kept)."""
+def iter_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,
+                 allow_empty: bool = False, allow_blank: bool = False, max_bytes: int | None = None,
+                 what: str = "the record size limit") -> Iterator[tuple[int, int, dict]]:
+    """Stream (line number, byte offset, record) of a JSONL file whose objects must hold `fields`
+    with the given types (extra keys are kept). Memory: one line, plus the ids seen if `unique`."""
     path = Path(path)
-    rows, seen = [], {}
-    for lineno, obj in iter_jsonl(path):
+    seen: dict = {}
+    count = 0
+    for lineno, offset, obj in iter_jsonl(path, max_bytes=max_bytes, what=what, offsets=True):
         for name, typ in fields.items():
             if name not in obj:
                 raise _fail(path, lineno, f"missing field '{name}'")
@@ -75,10 +100,27 @@ def read_records(path: str | Path, fields: dict[str, type], *, unique: str | Non
             if key in seen:
                 raise _fail(path, lineno, f"duplicate {unique} {key!r} (first on line {seen[key]})")
             seen[key] = lineno
-        rows.append(obj)
-    if not rows and not allow_empty:
+        count += 1
+        yield lineno, offset, obj
+    if not count and not allow_empty:
         raise _fail(path, None, "no records (empty file)")
-    return rows
+
+
+def read_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,
+                 allow_empty: bool = False, allow_blank: bool = False, max_bytes: int | None = None,
+                 what: str = "the record size limit") -> list[dict]:
+    """Read a JSONL file whose objects must hold `fields` with the given types (extra keys are kept)."""
+    return [obj for _, _, obj in iter_records(path, fields, unique=unique, allow_empty=allow_empty,
+                                              allow_blank=allow_blank, max_bytes=max_bytes, what=what)]
+
+
+def read_at(path: str | Path, offsets: Iterable[int]) -> Iterator[dict]:
+    """The objects starting at these byte offsets (from iter_records), in the order given."""
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            raw = fh.readline()
+            yield json.loads(raw[3:] if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else raw)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -18,6 +18,7 @@ from duo import params as params_mod
 from duo import records
 
 GGUF = Path("models/student.gguf")
+TEMPLATE_RESERVE = 32  # tokens the chat template adds around a prompt
 FIELDS = records.ROW_FIELDS
 
 
@@ -32,10 +33,29 @@ class LlamaCppBackend:
         import llama_cpp
 
         self.p = p
+        self.truncated: set[int] = set()  # hashes of prompts cut to fit (each counted once, not K times)
         self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, n_threads=p.threads or None, verbose=False,
                                    seed=p.seed)
 
+    def fit(self, prompt: str) -> str:
+        """Policy for a prompt longer than the context: keep its head and tail, cut the middle, so
+        that max_tokens still fit; counted as `truncated_prompts` in metrics/infer.json."""
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=False)
+        budget = self.p.n_ctx - self.p.max_tokens - TEMPLATE_RESERVE
+        if budget < 16:
+            budget = self.p.n_ctx // 2
+        if len(tokens) <= budget:
+            return prompt
+        half = budget // 2 - 4  # room for the marker
+        head = self.llm.detokenize(tokens[:half]).decode("utf-8", errors="ignore")
+        tail = self.llm.detokenize(tokens[len(tokens) - half:]).decode("utf-8", errors="ignore")
+        return f"{head}\n[...]\n{tail}"
+
     def generate(self, prompt: str, seed: int) -> tuple[str, int, str]:
+        fitted = self.fit(prompt)
+        if fitted is not prompt:
+            self.truncated.add(hash(prompt))
+            prompt = fitted
         # The K samples of one prompt run back to back, so llama.cpp reuses the prompt's KV cache.
         out = self.llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=self.p.max_tokens,
                                               temperature=self.p.temperature, top_p=self.p.top_p, seed=seed)
@@ -85,7 +105,8 @@ def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
     seconds = time.monotonic() - start
     return rows, {"responses": len(rows), "completion_tokens": tokens, "seconds": round(seconds, 1),
                   "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-                  "stopped_share": round(stopped / len(rows), 4) if rows else None}
+                  "stopped_share": round(stopped / len(rows), 4) if rows else None,
+                  "truncated_prompts": len(getattr(backend, "truncated", ()))}
 
 
 @click.command()

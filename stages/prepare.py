@@ -41,10 +41,13 @@ def split(rows: list[dict], train_ratio: float, seed: int) -> tuple[list[dict], 
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def main(params_path: str) -> None:
     p = params_mod.load(params_path).coverage
-    rows = records.read_records(p.path, FIELDS, unique="id")
+    # Validate everything first, keeping only (id, task, offset) per row: memory stays bounded by the
+    # row count, not the file size; rows are then copied over in split order.
+    rows = [{"id": obj["id"], "task": obj["task"], "at": at} for _, at, obj in records.iter_records(
+        p.path, FIELDS, unique="id", max_bytes=p.max_record_bytes, what="coverage.max_record_bytes")]
     train, test = split(rows, p.train_ratio, p.seed)
-    records.write_jsonl("data/train.jsonl", train)
-    records.write_jsonl("data/test.jsonl", test)
+    records.write_jsonl("data/train.jsonl", records.read_at(p.path, (r["at"] for r in train)))
+    records.write_jsonl("data/test.jsonl", records.read_at(p.path, (r["at"] for r in test)))
     tasks = sorted({r["task"] for r in rows})
     click.echo(f"prepare: {len(rows)} rows, {len(tasks)} tasks -> {len(train)} train, {len(test)} test")
 
