@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -71,8 +70,8 @@ def run_cycle(t: int) -> None:
 def deliver(verdict: dict) -> Path:
     DIST.mkdir(exist_ok=True)
     target = DIST / "student.gguf"
-    shutil.copyfile("models/student.gguf", target)
-    shutil.copyfile("models/Modelfile", DIST / "Modelfile")
+    records.copy_file("models/student.gguf", target)
+    records.copy_file("models/Modelfile", DIST / "Modelfile")
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     records.write_json(DIST / "deliverable.json", {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest,
                                                    "file": target.name})

@@ -137,6 +137,8 @@ class Journal:
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue  # a line torn by a crash is simply not done
         self._fh = open(self.path, "a", encoding="utf-8")
+        if self._fh.tell() and open(self.path, "rb").read()[-1:] != b"\n":
+            self._fh.write("\n")  # end a torn line, or the next record would be glued onto it
 
     def add(self, key: str, reply: Reply) -> None:
         rec = {"key": key, "text": reply.text, "prompt_tokens": reply.prompt_tokens,

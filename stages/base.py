@@ -89,9 +89,7 @@ def save(model, tokenizer, provenance: dict, out: Path = OUT) -> None:
         tokenizer.save_pretrained(tmp)
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
         records.write_json(tmp / "provenance.json", provenance)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        records.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
