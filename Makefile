@@ -22,6 +22,7 @@ help:
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
 	@echo "make bench     measure (service concurrency, resume) -> metrics/bench.json"
 	@echo "make setup     only create/update the environment"
+	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
 setup: $(STAMP) $(CONVERTER)
 
@@ -54,6 +55,14 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# Models and data of a cycle to/from the DVC remote (README: "Remote storage (S3)").
+.PHONY: push pull
+push: setup
+	$(PY) -m dvc push
+
+pull: setup
+	$(PY) -m dvc pull
 
 # Measured figures (never asserted in tests) -> metrics/bench.json
 bench: setup

@@ -21,8 +21,15 @@ WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gg
 
 def converter() -> Path:
     script = TOOLS / "convert_hf_to_gguf.py"
+    # `dvc exp run --temp/--queue` runs in a copy of the tracked files under <repo>/.dvc/tmp/exps/,
+    # without the (git-ignored) tools/ folder: use the enclosing checkout's.
+    for parent in TOOLS.parents[2:]:
+        if script.exists():
+            break
+        script = parent / "tools" / "llama.cpp" / "convert_hf_to_gguf.py"
     if not script.exists():
-        raise click.ClickException(f"{script} is missing: run `make setup` (fetches llama.cpp's converter)")
+        raise click.ClickException(f"{TOOLS / 'convert_hf_to_gguf.py'} is missing: run `make setup` "
+                                   f"(fetches llama.cpp's converter)")
     return script
 
 
