@@ -145,7 +145,8 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
     ckpt.attach(trainer)
     start = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=ckpt.latest())
+    resume = ckpt.latest()
+    result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.monotonic() - start
 
     try:
@@ -167,7 +168,9 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         "rows": len(rows),
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 3),
-        "train_loss": round(result.training_loss, 4),
+        # After a resume, Trainer's training_loss averages only the steps it ran; the log has them all.
+        "train_loss": round(result.training_loss if resume is None or not history
+                            else sum(h["loss"] for h in history) / len(history), 4),
         "final_loss": round(history[-1]["loss"], 4) if history else None,
         "loss_curve": [{"step": h["step"], "loss": round(h["loss"], 4)} for h in history],
         "tokens": int(seen_tokens),

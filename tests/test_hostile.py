@@ -3,6 +3,7 @@ bounded memory, a BOM/CRLF file through prepare, prompts longer than the model c
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,39 @@ def test_infer_cuts_prompts_longer_than_the_context_and_counts_them():
     fitted = backend.fit(long_prompt)
     assert fitted.startswith("Summarize:") and fitted.rstrip().endswith("END-MARK") and "[...]" in fitted
     assert len(backend.llm.tokenize(fitted.encode(), add_bos=False)) <= p.n_ctx - p.max_tokens
+
+
+def test_synthesize_writes_byte_identical_files_when_called_again(in_tmp, monkeypatch):
+    """Fixed seeds: a second synthesis from scratch (journal removed, so the provider is asked again)
+    sends the same requests and writes the same bytes."""
+    import hashlib
+    import random
+
+    from stages import synthesize
+    from tests.fake_provider import FakeProvider
+
+    def pairs(body):
+        rng = random.Random(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+        text = lambda n: " ".join(f"w{rng.randrange(5000)}" for _ in range(n))  # noqa: E731
+        return json.dumps({"contents": [{"instruction": text(12), "response": text(10)} for _ in range(2)]})
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    (in_tmp / "data").mkdir()
+    for name, n in (("train", 8), ("test", 2)):
+        (in_tmp / "data" / f"{name}.jsonl").write_text(
+            "".join(json.dumps(row(i, task="qa", size=20) | {"id": f"{name}{i}"}) + "\n" for i in range(n)))
+    outputs = []
+    with FakeProvider() as fake:
+        fake.default = (200, pairs, {})
+        (in_tmp / "params.yaml").write_text(yaml.safe_dump({
+            "cycle": 1, "service": {"model": "openai/fake", "api_base": fake.url},
+            "synth": {"seeds_per_cycle": 3, "per_cycle": 4, "max_requests": 6}}))
+        for _ in range(2):
+            shutil.rmtree(in_tmp / ".duo", ignore_errors=True)
+            shutil.rmtree(in_tmp / "data" / "synth", ignore_errors=True)
+            result = CliRunner().invoke(synthesize.main, [])
+            assert result.exit_code == 0, result.output
+            outputs.append({p.name: p.read_bytes() for p in sorted((in_tmp / "data" / "synth").iterdir())})
+        calls = len(fake.requests)
+    assert outputs[0] == outputs[1] and outputs[0]["cycle-1.jsonl"]
+    assert calls % 2 == 0 and calls >= 4, "the provider was asked again, not replayed from the journal"

@@ -50,7 +50,9 @@ def make_project(root: Path, base: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(base, root / "models" / "base")
     rows = [{"id": f"r{i}", "task": "qa", "prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}
-            for i in range(12)]
+            for i in range(11)]
+    # One row longer than finetune.max_length: truncated, and counted.
+    rows.append({"id": "long", "task": "qa", "prompt": "Repeat: " + "alpha beta " * 60, "response": "No."})
     (root / "data").mkdir()
     (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
@@ -94,6 +96,7 @@ def test_two_uninterrupted_runs_are_identical(straight, tiny_base, tmp_path, mon
     metrics, adapter = outcome_of_new_run(tmp_path, tiny_base, monkeypatch)
     assert metrics["loss_curve"] == straight[0]["loss_curve"] and metrics["train_loss"] == straight[0]["train_loss"]
     assert max_diff(adapter, straight[1]) == 0.0, "bit-identical on CPU with fixed seeds and one thread"
+    assert metrics["truncated_rows"] == 1
 
 
 def outcome_of_new_run(root, base, monkeypatch):
@@ -128,6 +131,7 @@ def test_killed_run_resumes_from_newest_complete_checkpoint(straight, tiny_base,
     assert f"resuming from {run / 'checkpoint-2'}".replace(str(root) + "/", "") in out
     metrics, weights = outcome(root)
     assert metrics["loss_curve"] == straight[0]["loss_curve"] and metrics["final_loss"] == straight[0]["final_loss"]
+    assert abs(metrics["train_loss"] - straight[0]["train_loss"]) <= 2e-4  # mean of the 4-digit logged losses
     diff_from_2 = max_diff(weights, straight[1])
     assert diff_from_2 <= 1e-6, diff_from_2
     assert not run.exists(), "checkpoints removed after the adapter was published"
