@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from tests.conftest import ROOT, copy_project
 from tests.test_pipeline import MICRO, git_commit, micro_coverage, set_params
 
 pytestmark = pytest.mark.slow
-KEY_ID, SECRET = "AKIADUOCANARY0000001", "duo-canary-secret-do-not-store"
+# Made at run time, so that no file (this one is copied into the project too) holds them beforehand.
+KEY_ID, SECRET = "AKIA" + secrets.token_hex(8).upper(), "canary-" + secrets.token_hex(16)
 
 
 def free_port() -> int:
