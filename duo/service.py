@@ -137,8 +137,11 @@ class Journal:
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue  # a line torn by a crash is simply not done
         self._fh = open(self.path, "a", encoding="utf-8")
-        if self._fh.tell() and open(self.path, "rb").read()[-1:] != b"\n":
-            self._fh.write("\n")  # end a torn line, or the next record would be glued onto it
+        if self._fh.tell():
+            with open(self.path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    self._fh.write("\n")  # end a torn line, or the next record would be glued onto it
 
     def add(self, key: str, reply: Reply) -> None:
         rec = {"key": key, "text": reply.text, "prompt_tokens": reply.prompt_tokens,

@@ -142,3 +142,18 @@ def test_copy_file_is_atomic(tmp_path):
     records.copy_file(tmp_path / "src", tmp_path / "dist" / "f")
     assert (tmp_path / "dist" / "f").read_bytes() == b"x" * 100_000
     assert [p.name for p in (tmp_path / "dist").iterdir()] == ["f"]
+
+
+def test_journal_line_torn_by_a_crash_does_not_swallow_the_next_record(in_tmp):
+    from duo import service
+
+    j = service.Journal("t")
+    j.add("k1", service.Reply(text="one"))
+    j.close()
+    with open(j.path, "a") as fh:
+        fh.write('{"key": "k2", "text": "tw')  # the process died (or the disk filled) mid-line
+    j = service.Journal("t")
+    assert set(j.done) == {"k1"}
+    j.add("k3", service.Reply(text="three"))
+    j.close()
+    assert set(service.Journal("t").done) == {"k1", "k3"}
