@@ -113,7 +113,8 @@ def test_finetune_refuses_bad_data_before_loading_any_model(tmp_path, monkeypatc
     (tmp_path / "params.yaml").write_text("{}\n")
     result = CliRunner().invoke(finetune.main, [])
     assert result.exit_code == 1 and "data/train.jsonl:2: duplicate id 'r000001'" in result.output
-    assert "torch" not in sys.modules or "transformers.models.llama" not in sys.modules
+    # There is no models/base here either: the data was checked first, before any model was looked at.
+    assert "holds no model" not in result.output
 
 
 def test_infer_cuts_prompts_longer_than_the_context_and_counts_them():
