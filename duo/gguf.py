@@ -54,6 +54,8 @@ def convert(hf_dir: Path, out: Path, outtype: str = "f16") -> None:
             hint = "\n(llama.cpp does not know this tokenizer: the model family is not supported by its converter)"
         if "not supported" in tail and "Model" in tail:
             hint = "\n(llama.cpp's converter does not support this architecture)"
+        if re.search(r"No space left|File too large|Disk quota|requested and \d+ written", tail):
+            hint = "\n(disk full: the GGUF was not completed; the previous models/student.gguf is untouched)"
         raise click.ClickException(f"GGUF conversion of {hf_dir} failed:\n{tail}{hint}")
 
 

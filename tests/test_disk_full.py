@@ -157,3 +157,45 @@ def test_journal_line_torn_by_a_crash_does_not_swallow_the_next_record(in_tmp):
     j.add("k3", service.Reply(text="three"))
     j.close()
     assert set(service.Journal("t").done) == {"k1", "k3"}
+
+
+EXPORT_UNDER_LIMIT = """
+import os, resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(os.environ["FSIZE_LIMIT"])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # inherited by llama.cpp's converter
+from stages.export import main
+main()
+"""
+
+
+def test_gguf_written_past_the_limit_keeps_the_previous_gguf(tmp_path):
+    """export.quant f32: the merged safetensors fit under the limit, the GGUF (same weights plus the
+    tokenizer) does not, so the failure hits llama.cpp's converter mid-write."""
+    import shutil as sh
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tiny_model.build(tmp_path / "models" / "base")
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                          LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    adapter = tmp_path / "models" / "adapter"
+    peft.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+    sh.copy(base / "chat_template.jinja", adapter / "chat_template.jinja")
+    (tmp_path / "params.yaml").write_text("export:\n  quant: f32\n")
+    old = tmp_path / "models" / "student.gguf"
+    old.write_bytes(b"GGUF previous cycle")
+    limit = (base / "model.safetensors").stat().st_size + 200_000
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "FSIZE_LIMIT": str(limit)}
+    proc = subprocess.run([sys.executable, "-c", EXPORT_UNDER_LIMIT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "GGUF conversion" in proc.stderr and "(disk full: the GGUF was not" in proc.stderr, \
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.split("GGUF conversion")[0]
+    assert old.read_bytes() == b"GGUF previous cycle"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["adapter", "base", "student.gguf"]
