@@ -43,7 +43,7 @@ def stale_stages() -> list[str]:
     return sorted(status)
 
 
-def _exp_names() -> set[str]:
+def exp_names() -> set[str]:
     proc = dvc("exp", "ls", "--name-only")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()} if proc.returncode == 0 else set()
 
@@ -55,7 +55,7 @@ def _check_git() -> None:
 
 
 def run_cycle(t: int) -> None:
-    names = _exp_names()
+    names = exp_names()
     name, n = f"cycle-{t}", 2
     while name in names:  # a rerun of the same cycle (inputs changed) gets its own row
         name, n = f"cycle-{t}-run{n}", n + 1

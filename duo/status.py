@@ -42,7 +42,7 @@ def collect(params_path: str | Path = "params.yaml") -> dict:
         "stale": stale,
         "stale_error": stale_error,
         "next": {"action": action, "description": what},
-        "experiments": sorted(cycle._exp_names()),
+        "experiments": sorted(cycle.exp_names()),
         "deliverable": records.read_json(cycle.DIST / "deliverable.json"),
     }
 

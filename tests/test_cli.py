@@ -3,6 +3,7 @@ project), `duo chat` against the bundled 135M GGUF, and bad input as clean one-l
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -88,29 +89,36 @@ def gguf():
     return models.bundled_gguf()
 
 
-def direct_reply(gguf, messages, max_tokens):
+@pytest.fixture(scope="module")
+def direct_reply(gguf):
+    """Replies of llama-cpp-python itself, loaded the way `duo chat` says it loads the model."""
     import llama_cpp
 
     llm = llama_cpp.Llama(str(gguf), n_ctx=2048, verbose=False, chat_format=local_llm.EMBEDDED)
-    out = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0)
-    return out["choices"][0]["message"]["content"]
+
+    def reply(messages, max_tokens):
+        out = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0)
+        return out["choices"][0]["message"]["content"]
+
+    yield reply
+    llm.close()
 
 
-def test_chat_one_shot_and_conversation(gguf):
+def test_chat_one_shot_and_conversation(gguf, direct_reply):
     opts = ["--model", gguf, "--max-tokens", 8, "--temperature", 0]
     hello = [{"role": "user", "content": "Hello"}]
     result = invoke("chat", *opts, "Hello")
     assert result.exit_code == 0, result.output
-    assert result.output == direct_reply(gguf, hello, 8) + "\n"
+    assert result.output == direct_reply(hello, 8) + "\n"
     # A conversation: the second message carries the first turn; /reset forgets it; /exit ends.
     result = invoke("chat", *opts, input="Hello\nAnd you?\n/reset\nHello\n/exit\nnever sent\n")
     assert result.exit_code == 0, result.output
-    first = direct_reply(gguf, hello, 8)
-    second = direct_reply(gguf, hello + [{"role": "assistant", "content": first},
+    first = direct_reply(hello, 8)
+    second = direct_reply(hello + [{"role": "assistant", "content": first},
                                          {"role": "user", "content": "And you?"}], 8)
     assert result.output == f"{first}\n{second}\n{first}\n"
     result = invoke("chat", *opts, "--system", "Answer in one word.", "Hello")
-    assert result.output == direct_reply(gguf, [{"role": "system", "content": "Answer in one word."}] + hello,
+    assert result.output == direct_reply([{"role": "system", "content": "Answer in one word."}] + hello,
                                          8) + "\n"
 
 
@@ -127,3 +135,28 @@ def test_chat_bad_input(tmp_path, monkeypatch, gguf):
     assert invoke("chat", "--model", gguf, "--max-tokens", 0, "hi").exit_code == 2
     result = invoke("chat", "--model", gguf, "--n-ctx", 256, "word " * 400)
     assert result.exit_code == 1 and "tokens; the context window (--n-ctx) is 256" in result.output
+
+
+class _Terminal:
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_bars_only_on_a_terminal_outside_ci(monkeypatch, capsys):
+    from duo import progress
+
+    monkeypatch.delenv("CI", raising=False)
+    assert not progress.enabled()  # pytest's captured stderr is no terminal
+    assert progress.bar(3, "x").disable
+    monkeypatch.setattr("sys.stderr", _Terminal())
+    assert progress.enabled() and not progress.bar(3, "x").disable
+    monkeypatch.setenv("CI", "true")
+    assert not progress.enabled()
+    progress.summary("stage", "did things")
+    assert re.fullmatch(r"stage: did things, \d+ s\n", capsys.readouterr().out)
