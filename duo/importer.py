@@ -103,6 +103,8 @@ def _csv(path: Path, tick) -> Iterator[tuple[str, dict | RowError]]:
                     bad_lines[lineno] = str(exc)
                     yield "\n"
 
+    # Long passages (summarization) exceed the csv module's default 128 KiB field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
     reader = csv.reader(lines(), strict=True)
     try:
         header = next(reader)
@@ -125,7 +127,7 @@ def _csv(path: Path, tick) -> Iterator[tuple[str, dict | RowError]]:
             break
         except csv.Error as exc:
             end = reader.line_num
-            yield f"{path}:{start}", RowError(f"bad CSV quoting: {exc}")
+            yield f"{path}:{start}", RowError(f"malformed CSV ({exc})")
             continue
         end = reader.line_num
         broken = [n for n in range(start, end + 1) if n in bad_lines]

@@ -101,7 +101,7 @@ def test_csv_bad_bytes_name_their_line(tmp_path):
     result = run(src, "--out", tmp_path / "o.jsonl", ok=False)
     assert f"{src}:3: not UTF-8" in result.output
     result = run(src, "--out", tmp_path / "o.jsonl", "--skip-invalid")
-    assert f"skipped {src}:4: bad CSV quoting" in result.output
+    assert f"skipped {src}:4: malformed CSV (unexpected end of data)" in result.output
     assert [r["prompt"] for r in read(tmp_path / "o.jsonl")] == ["p1"]
 
 
@@ -173,3 +173,11 @@ def test_guards(tmp_path):
     result = CliRunner().invoke(main, ["import", str(src), "--out", str(tmp_path / "n.jsonl"),
                                        "--task", "a", "--task-col", "b"])
     assert result.exit_code == 2 and "either --task or --task-col" in result.output
+
+
+def test_csv_long_passage_is_one_field(tmp_path):
+    passage = "word " * 60_000  # 300 kB: over the csv module's default field limit
+    src = tmp_path / "in.csv"
+    src.write_text(f'prompt,response,task\n"Summarize: {passage}",short,sum\n', encoding="utf-8")
+    run(src, "--out", tmp_path / "o.jsonl")
+    assert read(tmp_path / "o.jsonl")[0]["prompt"] == f"Summarize: {passage}".strip()
