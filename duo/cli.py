@@ -53,13 +53,9 @@ def _load_llm(path: Path, n_ctx: int, threads: int):
 
 
 def _prompt_tokens(llm, messages: list[dict]) -> int:
-    """Tokens of the rendered conversation, as llama-cpp-python renders it for chat_template.default."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from duo import local_llm
 
-    tokens = [llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos())]
-    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=tokens[0],
-                                    bos_token=tokens[1])
-    return len(llm.tokenize(formatter(messages=messages).prompt.encode(), add_bos=True, special=True))
+    return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=True, special=True))
 
 
 @main.command("chat")

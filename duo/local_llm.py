@@ -33,6 +33,16 @@ def _ready(url: str) -> bool:
         return False
 
 
+def render_chat(llm, messages: list[dict]) -> str:
+    """The prompt llama-cpp-python builds for `chat_format=EMBEDDED` (same formatter, same arguments as
+    llama_cpp.Llama sets up), for length checks and for testing it against the training rendering."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos, bos = (llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos()))
+    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
+    return formatter(messages=messages).prompt
+
+
 def server_command(model: Path, *, host: str, port: int, n_ctx: int = 4096, threads: int = 0,
                    chat_format: str | None = None, alias: str | None = None) -> list[str]:
     """The llama_cpp.server command line; `chat_format=EMBEDDED` renders with the GGUF's own template."""

@@ -63,19 +63,14 @@ def test_litellm_and_openai_clients_get_the_same_reply(server):
 def test_served_prompt_is_the_training_template(server, gguf):
     """RELIABILITY 17: the server renders exactly what transformers renders for training."""
     import llama_cpp
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from transformers import AutoTokenizer
 
     # The base stage takes its tokenizer (and chat template) from this GGUF; training renders with it.
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
-    # The formatter llama-cpp-python builds for chat_format=chat_template.default (llama.py), same args.
-    served = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
-                                 eos_token=llm._model.token_get_text(llm.token_eos()),
-                                 bos_token=llm._model.token_get_text(llm.token_bos()))
     for messages in (MESSAGES, [{"role": "system", "content": "Answer in French."}] + MESSAGES):
         training = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert served(messages=messages).prompt == training
+        assert local_llm.render_chat(llm, messages) == training
 
     # And the live server really uses it: its prompt token count is that rendering's.
     import openai
