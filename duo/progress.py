@@ -19,7 +19,7 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs):
     """A tqdm bar on stderr, disabled (every call a no-op) under CI or when stderr is not a TTY."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), dynamic_ncols=True, **kwargs)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), **kwargs)
 
 
 class Steps:
