@@ -14,12 +14,13 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup cycle converge test test-all bench status lock clean-venv
+.PHONY: help setup cycle converge test test-all bench status lock clean-venv serve
 
 help:
 	@echo "make cycle     one turn of the loop (sets up .venv first)"
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
+	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
 	@echo "make bench     measure (service concurrency, resume) -> metrics/bench.json"
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
@@ -49,6 +50,10 @@ converge: setup
 
 status: setup
 	$(PY) -m dvc status
+
+# models/student.gguf on http://127.0.0.1:8000/v1; `make serve SERVE_PORT=9000` (or SERVE_HOST, SERVE_MODEL) changes it
+serve: setup
+	$(PY) -m duo.serve
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q

@@ -1,21 +1,192 @@
 """duo: migrate one task's skill from a service LLM into a small local GGUF model.
 
 The loop itself runs with `make cycle`; these commands work on its data and models.
+Run: duo -h   (or python -m duo.cli -h)
 """
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import click
 
-from duo import records
+from duo import progress, records
 
 ROW_FIELDS = records.ROW_FIELDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """duo: migrate one task's skill from a service LLM into a small local GGUF model."""
+    """duo: migrate one task's skill from a service LLM into a small local GGUF model.
+
+    `make cycle` runs the loop; these commands inspect it, talk to its model and prepare data.
+    """
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the summary.")
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+def status_cmd(as_json: bool, params_path: str) -> None:
+    """Current cycle, last metrics, gate verdict, stale stages and what `make cycle` will do next."""
+    from duo import status
+
+    info = status.collect(params_path)
+    click.echo(json.dumps(info, indent=2, ensure_ascii=False) if as_json else status.render(info))
+
+
+def _load_llm(path: Path, n_ctx: int, threads: int):
+    import llama_cpp
+
+    from duo import local_llm, serve
+
+    serve.check_gguf(path)
+    try:
+        # The GGUF's own template (the training one), as `make serve` uses it.
+        llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads or None, verbose=False,
+                              chat_format=local_llm.EMBEDDED)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"{path}: llama.cpp cannot load it ({exc})") from None
+    if "tokenizer.chat_template" not in llm.metadata:
+        raise click.ClickException(f"{path}: the GGUF holds no chat template (not an instruction-tuned model?)")
+    return llm
+
+
+def _prompt_tokens(llm, messages: list[dict]) -> int:
+    from duo import local_llm
+
+    return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=True, special=True))
+
+
+@main.command("chat")
+@click.argument("prompt", required=False)
+@click.option("--model", "model_path", default="models/student.gguf", show_default=True,
+              type=click.Path(path_type=Path), help="GGUF to talk to (dist/student.gguf: the delivered one).")
+@click.option("--system", help="System message sent before the conversation.")
+@click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(min=0.0))
+@click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(min=256), help="Context window.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="0 = all cores.")
+def chat_cmd(prompt, model_path, system, max_tokens, temperature, n_ctx, threads) -> None:
+    """Talk to the student GGUF: one reply to PROMPT, or a conversation on stdin without it.
+
+    In a conversation each line is a message; /reset starts over, /exit (or end of input) quits.
+    """
+    llm = _load_llm(model_path, n_ctx, threads)
+    start = [{"role": "system", "content": system}] if system else []
+
+    def reply(messages: list[dict]) -> str:
+        parts = []
+        # llama.cpp fails obscurely on a prompt longer than the context: say it plainly first.
+        if (n := _prompt_tokens(llm, messages)) >= llm.n_ctx():
+            raise click.ClickException(f"the conversation is {n} tokens; the context window (--n-ctx) is "
+                                       f"{llm.n_ctx()}: use /reset, a shorter message or a larger --n-ctx")
+        try:
+            for chunk in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=temperature,
+                                                    stream=True):
+                text = chunk["choices"][0]["delta"].get("content") or ""
+                parts.append(text)
+                click.echo(text, nl=False)
+        except ValueError as exc:  # llama.cpp: the prompt does not fit the context window
+            raise click.ClickException(f"{exc} (use /reset, a shorter message or a larger --n-ctx)") from None
+        click.echo()
+        return "".join(parts)
+
+    if prompt is not None:
+        if not prompt.strip():
+            raise click.ClickException("the prompt is empty")
+        reply(start + [{"role": "user", "content": prompt}])
+        return
+    stdin = sys.stdin
+    interactive = stdin.isatty()
+    if interactive:
+        click.echo(f"chat with {model_path}; /reset starts over, /exit quits", err=True)
+    messages = list(start)
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = list(start)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            messages.append({"role": "assistant", "content": reply(messages)})
+        except click.ClickException as exc:
+            if not interactive:
+                raise
+            messages.pop()
+            click.echo(f"Error: {exc.message}", err=True)
+
+
+@main.command("import")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Coverage JSONL to write.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
+              help="Default: from SRC's extension (.jsonl/.ndjson, .csv, .parquet/.pq).")
+@click.option("--prompt-col", default="prompt", show_default=True)
+@click.option("--response-col", default="response", show_default=True)
+@click.option("--task-col", help="Column naming the task.  [default: task, else category]")
+@click.option("--task", "task_name", help="One task for every row (instead of a task column).")
+@click.option("--id-col", default="id", show_default=True, help="Rows without it get a content hash id.")
+@click.option("--messages-col", default="messages", show_default=True,
+              help="Chat records: the list of {role, content} (first user -> prompt, first assistant -> response).")
+@click.option("--system", type=click.Choice(["prepend", "drop"]), default="prepend", show_default=True,
+              help="Chat records: system messages are prepended to the prompt, or dropped.")
+@click.option("--skip-invalid", is_flag=True, help="Skip bad records (listed) instead of stopping at the first.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--params", "params_path", default="params.yaml", show_default=True,
+              help="coverage.train_ratio for the too-few-rows warning (default 0.8 without the file).")
+def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_col, messages_col, system,
+               skip_invalid, force, params_path) -> None:
+    """Convert SRC (JSONL, CSV, Parquet; columns or chat records) into coverage rows for `make cycle`.
+
+    Rows become {"id","task","prompt","response"}; identical (prompt, response) pairs are kept once.
+    A bad record stops the import with `path:line: reason` (Parquet: `path:row N`) unless --skip-invalid.
+    """
+    from duo import importer
+    from duo import params as params_mod
+
+    if task_name is not None and task_col is not None:
+        raise click.UsageError("give either --task or --task-col, not both")
+    if task_name is not None and not task_name.strip():
+        raise click.UsageError("--task is empty")
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} exists; pass --force to overwrite it")
+    if src.exists() and out.exists() and src.resolve() == out.resolve():
+        raise click.ClickException(f"{out} is the input file; write somewhere else")
+    fmt = importer.detect_format(src, fmt)
+    mapping = importer.Mapping(prompt=prompt_col, response=response_col, task_col=task_col,
+                               task=task_name.strip() if task_name else None, id_col=id_col,
+                               messages=messages_col, system=system)
+    total, unit, _ = importer.source(src, fmt)
+    with progress.bar(total, "import", unit=unit, unit_scale=unit == "B") as bar:
+        rows, report = importer.run(src, fmt, mapping, skip_invalid=skip_invalid, bar=bar)
+    for line in report.invalid[:10]:
+        click.echo(f"skipped {line}", err=True)
+    if len(report.invalid) > 10:
+        click.echo(f"skipped ... and {len(report.invalid) - 10} more", err=True)
+    if not rows:
+        raise click.ClickException(f"{src}: no usable rows ({report.read} read, {len(report.invalid)} invalid, "
+                                   f"{report.duplicates} duplicates)")
+    records.write_jsonl(out, rows)
+    ratio = params_mod.load(params_path).coverage.train_ratio if Path(params_path).exists() else 0.8
+    for warning in importer.split_warnings(report.per_task, ratio):
+        click.echo(f"warning: {warning}", err=True)
+    tasks = ", ".join(f"{t} {n}" for t, n in sorted(report.per_task.items()))
+    extra = ""
+    if report.chat_records:
+        extra = (f"; {report.chat_records} chat records ({report.system_prepended} with a system message "
+                 f"{'prepended' if system == 'prepend' else 'dropped'}, {report.later_turns_dropped} later turns dropped)")
+    progress.summary("import", f"{report.read} read ({fmt}), {report.kept} kept, {report.duplicates} duplicate "
+                     f"pairs dropped, {len(report.invalid)} invalid skipped{extra} -> {out}; tasks: {tasks}")
 
 
 @main.command("curate")
@@ -32,8 +203,6 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
 
     Removed rows go to OUT's sibling `<name>.rejected.jsonl` with their reason and the id they duplicate.
     """
-    from tqdm import tqdm
-
     from duo import curate
     from duo import params as params_mod
 
@@ -41,7 +210,7 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
     new_rows = records.read_records(new, ROW_FIELDS, unique="id", allow_blank=True)  # blanks: filtered, named
     seen_rows = [r for path in seen for r in records.read_records(path, ROW_FIELDS, allow_empty=True)]
     test_rows = records.read_records(test_path, ROW_FIELDS, allow_empty=True) if test_path else []
-    with tqdm(total=len(new_rows), desc="curate", unit="row", disable=None) as bar:
+    with progress.bar(len(new_rows), "curate", unit="row") as bar:
         kept, removed, counts = curate.curate(new_rows, seen_rows, test_rows, cfg, progress=bar.update)
     records.write_jsonl(out, kept)
     by_id = {r["id"]: r for r in new_rows}
@@ -49,4 +218,8 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
     if report:
         records.write_json(report, counts | {"removed_rows": removed})
     reasons = ", ".join(f"{k} {v}" for k, v in counts["removed"].items()) or "nothing"
-    click.echo(f"curate: {counts['in']} in, {counts['out']} kept; removed: {reasons}")
+    progress.summary("curate", f"{counts['in']} in, {counts['out']} kept; removed: {reasons}")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ def stale_stages() -> list[str]:
     return sorted(status)
 
 
-def _exp_names() -> set[str]:
+def exp_names() -> set[str]:
     proc = dvc("exp", "ls", "--name-only")
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()} if proc.returncode == 0 else set()
 
@@ -54,7 +54,7 @@ def _check_git() -> None:
 
 
 def run_cycle(t: int) -> None:
-    names = _exp_names()
+    names = exp_names()
     name, n = f"cycle-{t}", 2
     while name in names:  # a rerun of the same cycle (inputs changed) gets its own row
         name, n = f"cycle-{t}-run{n}", n + 1
@@ -84,6 +84,17 @@ def say(verdict: dict) -> None:
                f"{verdict['value']} vs ε = {verdict['threshold']} -> {state}; next: {verdict['next']}")
 
 
+def next_step(t: int, verdict: dict | None, stale: list[str], max_cycles: int) -> tuple[str, str]:
+    """What the next `make cycle` does: (run | next | passed | stopped, in words); `duo status` shows it."""
+    if stale or not verdict or verdict.get("cycle") != t:
+        return "run", f"run cycle {t}" + (f" (stale: {', '.join(stale)})" if stale else "")
+    if verdict["passed"]:
+        return "passed", f"nothing: the gate passed at cycle {t}; (re)deliver models/student.gguf to {DIST}/"
+    if t + 1 >= max_cycles:
+        return "stopped", f"nothing: gate.max_cycles={max_cycles} reached without passing"
+    return "next", f"run cycle {t + 1}: synthesize more data and retrain"
+
+
 def turn() -> str:
     """One turn; returns 'ran', 'passed' or 'stopped'."""
     params = params_mod.load()
@@ -91,15 +102,16 @@ def turn() -> str:
     t = params.cycle
     verdict = records.read_json(VERDICT)
     stale = stale_stages()
-    if stale or not verdict or verdict.get("cycle") != t:
+    action, _ = next_step(t, verdict, stale, params.gate.max_cycles)
+    if action == "run":
         if stale:
             click.echo(f"cycle: cycle {t} has stale stages: {', '.join(stale)}")
         run_cycle(t)
-    elif verdict["passed"]:
+    elif action == "passed":
         say(verdict)
         click.echo(f"cycle: nothing to do; the deliverable is {deliver(verdict)}")
         return "passed"
-    elif t + 1 >= params.gate.max_cycles:
+    elif action == "stopped":
         say(verdict)
         click.echo(f"cycle: nothing to do; gate.max_cycles={params.gate.max_cycles} reached")
         return "stopped"

@@ -13,6 +13,10 @@ from pathlib import Path
 import click
 
 LOG_DIR = Path(".duo/logs")
+# llama-cpp-python's name for the Jinja chat template embedded in the GGUF (the training template,
+# checked equal by the export stage). Without it, a template that looks like ChatML may be swapped for
+# llama-cpp-python's own hard-coded ChatML, which drops the template's default system prompt.
+EMBEDDED = "chat_template.default"
 
 
 def free_port() -> int:
@@ -29,6 +33,30 @@ def _ready(url: str) -> bool:
         return False
 
 
+def render_chat(llm, messages: list[dict]) -> str:
+    """The prompt llama-cpp-python builds for `chat_format=EMBEDDED` (same formatter, same arguments as
+    llama_cpp.Llama sets up), for length checks and for testing it against the training rendering."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos, bos = (llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos()))
+    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
+    return formatter(messages=messages).prompt
+
+
+def server_command(model: Path, *, host: str, port: int, n_ctx: int = 4096, threads: int = 0,
+                   chat_format: str | None = None, alias: str | None = None) -> list[str]:
+    """The llama_cpp.server command line; `chat_format=EMBEDDED` renders with the GGUF's own template."""
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", host,
+           "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
+    if threads:
+        cmd += ["--n_threads", str(threads)]
+    if chat_format:
+        cmd += ["--chat_format", chat_format]
+    if alias:
+        cmd += ["--model_alias", alias]
+    return cmd
+
+
 @contextlib.contextmanager
 def serve(model: Path, *, n_ctx: int = 4096, threads: int = 0, port: int | None = None,
           host: str = "127.0.0.1", startup_timeout_s: float = 180.0, log_name: str = "server"):
@@ -36,10 +64,7 @@ def serve(model: Path, *, n_ctx: int = 4096, threads: int = 0, port: int | None 
     port = port or free_port()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{log_name}.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", host,
-           "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
-    if threads:
-        cmd += ["--n_threads", str(threads)]
+    cmd = server_command(model, host=host, port=port, n_ctx=n_ctx, threads=threads)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -39,6 +39,33 @@ def _too_long(fh, path: Path, lineno: int, head: bytes, max_bytes: int, what: st
     return _fail(path, lineno, f"record is {size:,} bytes, over {what} = {max_bytes:,}; shorten or drop it")
 
 
+def decode_line(raw: bytes, first: bool) -> str:
+    """One raw line as text; ValueError(reason) for NUL bytes or bad UTF-8."""
+    if first and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a BOM is an editor's habit, not a data error
+    if b"\x00" in raw:
+        raise ValueError("NUL byte in line (binary or corrupt file?)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def parse_line(raw: bytes, first: bool = False) -> dict | None:
+    """One JSONL line -> its object, None when blank; ValueError(reason) when it is not an object."""
+    text = decode_line(raw, first).rstrip("\r\n")
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (truncated last line?)" if not raw.endswith(b"\n") else ""
+        raise ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}{hint}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def iter_jsonl(path: str | Path, *, max_bytes: int | None = None, what: str = "the record size limit",
                offsets: bool = False) -> Iterator[tuple]:
     """Yield (line number, object) for each non-blank line, one line in memory at a time; with
@@ -57,25 +84,12 @@ def iter_jsonl(path: str | Path, *, max_bytes: int | None = None, what: str = "t
             offset += len(raw)
             if max_bytes and len(raw.rstrip(b"\r\n")) > max_bytes:
                 raise _too_long(fh, path, lineno, raw, max_bytes, what)
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a BOM is an editor's habit, not a data error
-            if b"\x00" in raw:
-                raise _fail(path, lineno, "NUL byte in line (binary or corrupt file?)")
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _fail(path, lineno, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            text = text.rstrip("\r\n")
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                hint = " (truncated last line?)" if not raw.endswith(b"\n") else ""
-                raise _fail(path, lineno, f"invalid JSON: {exc.msg} at column {exc.colno}{hint}") from None
-            if not isinstance(obj, dict):
-                raise _fail(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield (lineno, start, obj) if offsets else (lineno, obj)
+                obj = parse_line(raw, lineno == 1)
+            except ValueError as exc:
+                raise _fail(path, lineno, str(exc)) from None
+            if obj is not None:
+                yield (lineno, start, obj) if offsets else (lineno, obj)
 
 
 def iter_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,

@@ -20,6 +20,7 @@ import click
 
 from duo import models
 from duo import params as params_mod
+from duo import progress
 from duo import records
 
 OUT = Path("models/base")
@@ -98,10 +99,13 @@ def save(model, tokenizer, provenance: dict, out: Path = OUT) -> None:
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def main(params_path: str) -> None:
     p = params_mod.load(params_path).student
-    model, tokenizer, provenance = load_source(p.source, p.allow_hub)
-    save(model, tokenizer, provenance)
-    click.echo(f"base: {provenance['architecture']} ({provenance['parameters'] / 1e6:.0f}M params) "
-               f"from {p.source} -> {OUT}")
+    with progress.Steps("base", ["load", "save"]) as step:
+        step(f"load {p.source}")
+        model, tokenizer, provenance = load_source(p.source, p.allow_hub)
+        step(f"save {OUT}")
+        save(model, tokenizer, provenance)
+    progress.summary("base", f"{provenance['architecture']} ({provenance['parameters'] / 1e6:.0f}M params) "
+                     f"from {p.source} -> {OUT}")
 
 
 if __name__ == "__main__":

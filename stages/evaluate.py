@@ -20,9 +20,8 @@ import unicodedata
 from collections import defaultdict
 
 import click
-from tqdm import tqdm
 
-from duo import judge, prompts
+from duo import judge, progress, prompts
 from duo import params as params_mod
 from duo import records, service
 
@@ -59,7 +58,7 @@ def _ask(jobs: list, make_request, parse, svc: service.Service, p, desc: str) ->
     """(value, error, raw) per job; an unusable reply is re-asked up to max_parse_retries times."""
     results: dict[int, tuple] = {}
     pending = list(range(len(jobs)))
-    bar = tqdm(total=len(jobs), desc=desc, unit="call", disable=None)
+    bar = progress.bar(len(jobs), desc, unit="call")
     for attempt in range(p.max_parse_retries + 1):
         if not pending:
             break
@@ -220,13 +219,13 @@ def main(params_path: str) -> None:
     records.write_json("metrics/eval.json", metrics)
     if p.mode == "pairwise":
         pw = metrics["pairwise"]
-        click.echo(f"evaluate: pairwise win {pw['win']} tie {pw['tie']} loss {pw['loss']}, {errors} judge errors")
+        progress.summary("evaluate", f"pairwise win {pw['win']} tie {pw['tie']} loss {pw['loss']}, {errors} judge errors")
     else:
         s, pr = metrics["similarity"], metrics["precision"]
         pm = metrics.get("pmatch", {}).get("pooled", {}).get("precision", {}).get("overall")
-        click.echo(f"evaluate: similarity V={s['mean']} C@70={s.get('c70')}, precision V={pr['mean']} "
-                   f"C@70={pr.get('c70')}, P-Match(precision)={pm}, ROUGE-L {metrics['reference']['rougeL']}, "
-                   f"{errors}/{len(rows)} judge errors")
+        progress.summary("evaluate", f"similarity V={s['mean']} C@70={s.get('c70')}, precision V={pr['mean']} "
+                         f"C@70={pr.get('c70')}, P-Match(precision)={pm}, ROUGE-L {metrics['reference']['rougeL']}, "
+                         f"{errors}/{len(rows)} judge errors")
     if rate > p.max_error_rate:
         raise click.ClickException(f"judge error rate {rate:.1%} is above judge.max_error_rate "
                                    f"{p.max_error_rate:.0%}: the judge is not answering in the expected JSON; "

@@ -16,6 +16,7 @@ import click
 
 from duo import gguf
 from duo import params as params_mod
+from duo import progress
 from duo import records
 
 BASE, ADAPTER = Path("models/base"), Path("models/adapter")
@@ -52,19 +53,21 @@ def main(params_path: str) -> None:
             raise click.ClickException(f"{need} missing: run the base and finetune stages first")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=".export.", dir=OUT.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".export.", dir=OUT.parent) as tmp, \
+            progress.Steps("export", ["merge", "convert", "quantize", "validate"]) as step:
         tmp = Path(tmp)
-        click.echo("export: merging adapter into base")
+        step("merge adapter into base")
         gguf.merge(BASE, ADAPTER, tmp / "merged")
-        click.echo("export: converting with llama.cpp's convert_hf_to_gguf.py")
+        step("convert (llama.cpp convert_hf_to_gguf.py)")
         base_type = quant if quant in ("f32", "f16", "bf16") else "f16"
         gguf.convert(tmp / "merged", tmp / f"model-{base_type}.gguf", base_type)
         final = tmp / "student.gguf"
         if quant == base_type:
             (tmp / f"model-{base_type}.gguf").rename(final)
         else:
-            click.echo(f"export: quantizing to {quant}")
+            step(f"quantize to {quant}")
             gguf.quantize(tmp / f"model-{base_type}.gguf", final, quant)
+        step("validate")
         meta = gguf.read_metadata(final)
         template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
         if meta["chat_template"] != template:
@@ -79,7 +82,7 @@ def main(params_path: str) -> None:
                **{k: v for k, v in meta.items() if k != "chat_template"},
                "chat_template_matches": True, **check}
     records.write_json("metrics/export.json", metrics)
-    click.echo(f"export: {OUT} ({metrics['size_mb']} MB, {quant}); probe reply: {check['probe_reply'][:80]!r}")
+    progress.summary("export", f"{OUT} ({metrics['size_mb']} MB, {quant}); probe reply: {check['probe_reply'][:80]!r}")
 
 
 if __name__ == "__main__":

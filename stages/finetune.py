@@ -20,6 +20,7 @@ import click
 
 from duo import checkpoints
 from duo import params as params_mod
+from duo import progress
 from duo import records
 
 BASE = Path("models/base")
@@ -137,7 +138,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and
         # recomputing activations costs ~30% of the step.
         gradient_checkpointing=p.gradient_checkpointing,
-        disable_tqdm=not os.isatty(2) or bool(os.environ.get("CI")),
+        disable_tqdm=not progress.enabled(),
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora)
@@ -196,8 +197,8 @@ def main(params_path: str) -> None:
     metrics = train(rows, p, BASE, OUT)
     metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth}
     records.write_json("metrics/train.json", metrics)
-    click.echo(f"finetune: {metrics['steps']} steps, loss {metrics['train_loss']}, "
-               f"{metrics['tokens_per_s']} tokens/s, {n_synth} synthetic rows -> {OUT}")
+    progress.summary("finetune", f"{len(rows)} rows ({n_synth} synthetic), {metrics['steps']} steps, loss "
+                     f"{metrics['train_loss']}, {metrics['tokens_per_s']} tokens/s -> {OUT}")
 
 
 if __name__ == "__main__":

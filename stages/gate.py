@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from duo import params as params_mod
+from duo import progress
 from duo import records
 
 
@@ -55,8 +56,8 @@ def main(params_path: str) -> None:
     v = verdict(metrics, params.gate, params.cycle)
     records.write_json("metrics/cost.json", cost(records.read_json("metrics/synth.json"), metrics, params.cycle))
     records.write_json("metrics/cycle.json", v)
-    click.echo(f"gate: cycle {v['cycle']}: {v['score']} {v['statistic']} = {v['value']} vs ε = "
-               f"{v['threshold']} -> {'PASSED' if v['passed'] else 'not passed'}; next: {v['next']}")
+    progress.summary("gate", f"cycle {v['cycle']}: {v['score']} {v['statistic']} = {v['value']} vs ε = "
+                     f"{v['threshold']} -> {'PASSED' if v['passed'] else 'not passed'}; next: {v['next']}")
 
 
 if __name__ == "__main__":

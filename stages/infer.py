@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from duo import params as params_mod
+from duo import progress
 from duo import records
 
 GGUF = Path("models/student.gguf")
@@ -91,7 +91,7 @@ class TransformersBackend:
 def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
     rows, tokens, stopped = [], 0, 0
     start = time.monotonic()
-    bar = tqdm(total=len(test) * p.k, desc="infer", unit="resp", disable=None)
+    bar = progress.bar(len(test) * p.k, "infer", unit="resp")
     for row in test:
         for j in range(p.k):
             text, n, finish = backend.generate(row["prompt"], sample_seed(p.seed, row["id"], j))
@@ -121,7 +121,7 @@ def main(params_path: str) -> None:
     rows, metrics = run(test, backend, p, params.cycle)
     records.write_jsonl("data/predictions.jsonl", rows)
     records.write_json("metrics/infer.json", {"cycle": params.cycle, "backend": p.backend, "k": p.k, **metrics})
-    click.echo(f"infer: {metrics['responses']} responses ({p.k} per prompt), {metrics['tokens_per_s']} tokens/s")
+    progress.summary("infer", f"{metrics['responses']} responses ({p.k} per prompt), {metrics['tokens_per_s']} tokens/s")
 
 
 if __name__ == "__main__":

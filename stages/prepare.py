@@ -10,6 +10,7 @@ from collections import defaultdict
 import click
 
 from duo import params as params_mod
+from duo import progress
 from duo import records
 
 FIELDS = records.ROW_FIELDS
@@ -49,7 +50,7 @@ def main(params_path: str) -> None:
     records.write_jsonl("data/train.jsonl", records.read_at(p.path, (r["at"] for r in train)))
     records.write_jsonl("data/test.jsonl", records.read_at(p.path, (r["at"] for r in test)))
     tasks = sorted({r["task"] for r in rows})
-    click.echo(f"prepare: {len(rows)} rows, {len(tasks)} tasks -> {len(train)} train, {len(test)} test")
+    progress.summary("prepare", f"{len(rows)} rows, {len(tasks)} tasks -> {len(train)} train, {len(test)} test")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ import random
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from collections import Counter
 
-from duo import curate, judge, prompts
+from duo import curate, judge, progress, prompts
 from duo import params as params_mod
 from duo import records, service
 
@@ -92,8 +91,8 @@ def synthesize(train, test, earlier, svc: service.Service, p, cfg, cycle: int):
     stream = seed_stream(train, p.seed, cycle)
     kept, removed, rejected, seeds = [], [], [], []
     totals = {"requests": 0, "failed_calls": 0, "unusable_replies": 0, "pairs_generated": 0}
-    bar = tqdm(total=target or min(p.seeds_per_cycle, p.max_requests), desc="synthesize",
-               unit="row" if target else "req", disable=None)
+    bar = progress.bar(target or min(p.seeds_per_cycle, p.max_requests), "synthesize",
+                       unit="row" if target else "req")
     while totals["requests"] < p.max_requests:
         n = min(p.seeds_per_cycle, p.max_requests - totals["requests"])
         if not target:
@@ -139,7 +138,7 @@ def main(params_path: str) -> None:
     if cycle < 1:
         # Cycle 0 trains on the coverage data alone (the paper's first turn).
         records.write_json("metrics/synth.json", {"cycle": cycle, "requests": 0, "kept": 0, "skipped": True})
-        click.echo("synthesize: cycle 0, nothing to synthesize")
+        progress.summary("synthesize", "cycle 0, nothing to synthesize")
         return
     train = records.read_records("data/train.jsonl", FIELDS, unique="id")
     test = records.read_records("data/test.jsonl", FIELDS, unique="id")
@@ -153,7 +152,7 @@ def main(params_path: str) -> None:
     records.write_jsonl(SYNTH_DIR / f"rejected-cycle-{cycle}.jsonl", removed)
     records.write_jsonl(SYNTH_DIR / f"cycle-{cycle}.jsonl", kept)
     records.write_json("metrics/synth.json", metrics)
-    click.echo(f"synthesize: {metrics['requests']} requests, {metrics['pairs_generated']} pairs, "
+    progress.summary("synthesize", f"{metrics['requests']} requests, {metrics['pairs_generated']} pairs, "
                f"{metrics['kept']} kept (removed: {metrics['removed'] or 'none'}) -> {SYNTH_DIR / f'cycle-{cycle}.jsonl'}")
     if not kept:
         raise click.ClickException("synthesize: no usable pair survived; check the teacher "

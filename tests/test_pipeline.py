@@ -167,6 +167,17 @@ def test_turn_after_max_cycles_does_nothing(repo, cycle1):
     assert experiments(repo) == before
 
 
+def test_duo_status_after_two_cycles(repo, cycle1):
+    proc = subprocess.run([sys.executable, "-m", "duo.cli", "status", "--json"], cwd=repo, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout)
+    assert info["cycle"] == 1 and info["verdict"] == read(repo, "metrics/cycle.json")
+    assert info["stale"] == [] and {"cycle-0", "cycle-1"} <= set(info["experiments"])
+    assert info["next"]["action"] == "stopped"  # threshold 101 never passes; max_cycles 2 reached
+    assert info["metrics"]["train"]["cycle"] == 1 and info["metrics"]["eval"]["cycle"] == 1
+
+
 def test_gate_change_reruns_only_the_gate_and_delivers(repo, cycle1):
     set_params(repo, {"gate": {"threshold": 1}})
     out = turn(repo)

@@ -1,0 +1,102 @@
+"""`make serve` (python -m duo.serve): the real llama.cpp server on the bundled 135M GGUF, called through
+litellm and the openai client exactly as an application would; the prompt it renders is the training one."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+
+from duo import local_llm, models, serve
+
+MESSAGES = [{"role": "user", "content": "Name one colour of the sky."}]
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return models.bundled_gguf()
+
+
+@pytest.fixture(scope="module")
+def server(gguf, tmp_path_factory):
+    port = local_llm.free_port()
+    cwd = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf)}  # the env route `make serve` uses
+    proc = subprocess.Popen([sys.executable, "-m", "duo.serve", "--threads", "2"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while not local_llm._ready(base + "/models"):
+            if proc.poll() is not None:
+                pytest.fail(f"duo.serve exited {proc.returncode}:\n{proc.stdout.read()}")
+            assert time.monotonic() < deadline, "server not ready after 120 s"
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_litellm_and_openai_clients_get_the_same_reply(server):
+    import litellm
+    import openai
+
+    # What the README tells an application to change: the model name and the base URL, nothing else.
+    reply = litellm.completion(model="openai/student", api_base=server, api_key="none", messages=MESSAGES,
+                               max_tokens=12, temperature=0.0)
+    text = reply.choices[0].message.content
+    assert text and text.strip()
+    assert reply.usage.completion_tokens > 0
+
+    client = openai.OpenAI(base_url=server, api_key="none")
+    direct = client.chat.completions.create(model="student", messages=MESSAGES, max_tokens=12, temperature=0.0)
+    assert direct.model == "student"
+    assert direct.choices[0].message.content == text  # greedy: same server, same prompt, same reply
+
+
+def test_served_prompt_is_the_training_template(server, gguf):
+    """RELIABILITY 17: the server renders exactly what transformers renders for training."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    # The base stage takes its tokenizer (and chat template) from this GGUF; training renders with it.
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    for messages in (MESSAGES, [{"role": "system", "content": "Answer in French."}] + MESSAGES):
+        training = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert local_llm.render_chat(llm, messages) == training
+
+    # And the live server really uses it: its prompt token count is that rendering's.
+    import openai
+
+    reply = openai.OpenAI(base_url=server, api_key="none").chat.completions.create(
+        model="student", messages=MESSAGES, max_tokens=1)
+    training = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert reply.usage.prompt_tokens == len(llm.tokenize(training.encode(), add_bos=True, special=True))
+
+
+def test_missing_or_bad_model_is_a_clean_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(serve.main, [])
+    assert result.exit_code == 1
+    assert "models/student.gguf: model file not found (run `make cycle` first)" in result.output
+    (tmp_path / "x.gguf").write_text("not a model")
+    result = CliRunner().invoke(serve.main, ["--model", "x.gguf"])
+    assert result.exit_code == 1 and "x.gguf: not a GGUF file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_busy_port_is_a_clean_error(gguf):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = CliRunner().invoke(serve.main, ["--model", str(gguf), "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
