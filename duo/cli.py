@@ -50,3 +50,9 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
         records.write_json(report, counts | {"removed_rows": removed})
     reasons = ", ".join(f"{k} {v}" for k, v in counts["removed"].items()) or "nothing"
     click.echo(f"curate: {counts['in']} in, {counts['out']} kept; removed: {reasons}")
+
+
+# `duo report` = `make report` (the command lives with its module).
+from duo.report import main as _report  # noqa: E402
+
+main.add_command(_report, "report")

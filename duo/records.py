@@ -80,13 +80,13 @@ def read_records(path: str | Path, fields: dict[str, type], *, unique: str | Non
     return rows
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write, binary: bool = False) -> None:
     # Temp file in the same directory, fsync, then rename: readers see the old file or the
     # whole new one, never a half-written one.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -119,6 +119,10 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(text))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda fh: fh.write(data), binary=True)
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
