@@ -4,7 +4,8 @@ Writes reports/cycle-<t>.html (self-contained: inline CSS and PNG images, opens 
 Markdown twin reports/cycle-<t>.md (images as files in reports/cycle-<t>/). Everything comes from
 the files the stages wrote (metrics/*.json, data/judgments.jsonl, data/predictions.jsonl) and, for
 the curves across cycles, from the DVC experiments (`dvc exp show --json`); nothing is recomputed
-from models. Rendering is in duo/report_render.py, the cost model in duo/breakeven.py.
+from models. Rendering: duo/report_render.py (HTML, Markdown) and duo/report_charts.py; the cost
+model: duo/breakeven.py.
 
 Run: python -m duo.report [--params params.yaml] [--out reports]   (or: make report)
 """
@@ -163,11 +164,11 @@ def build(root: Path, params, now: dt.datetime | None = None, exps: list[dict] |
 
 def write(data: dict, out_dir: Path) -> tuple[Path, Path]:
     """reports/cycle-<t>.html, reports/cycle-<t>.md and its images, each written atomically."""
-    from duo import report_render
+    from duo import report_charts, report_render
 
     out_dir = Path(out_dir)
     stem = f"cycle-{data['cycle']}"
-    images = report_render.charts(data)
+    images = report_charts.charts(data)
     for name, png in images.items():
         records.write_bytes(out_dir / stem / f"{name}.png", png)
     html_path, md_path = out_dir / f"{stem}.html", out_dir / f"{stem}.md"

@@ -1,12 +1,10 @@
-"""Rendering of the report data built by duo/report.py: matplotlib charts (Agg, PNG), one
-self-contained HTML page (inline CSS, images as data: URIs, no script, nothing fetched) and a
-Markdown twin. Every text that comes from data (prompts, responses, task names, model names) is
+"""Rendering of the report data built by duo/report.py: one self-contained HTML page (inline CSS,
+the charts of duo/report_charts.py as data: URIs, no script, nothing fetched) and a Markdown twin. Every text that comes from data (prompts, responses, task names, model names) is
 untrusted and escaped: a `<script>` in a response is shown, never run."""
 from __future__ import annotations
 
 import base64
 import html as html_mod
-import io
 import json
 
 SCORES = ("similarity", "precision")
@@ -46,81 +44,12 @@ def _esc(text) -> str:
     return html_mod.escape("" if text is None else str(text), quote=True)
 
 
-def _eval_block(ev: dict | None, score: str) -> dict:
+def eval_block(ev: dict | None, score: str) -> dict:
     return (ev or {}).get(score) or {}
 
 
 def _pmatch(ev: dict | None, score: str):
     return (((ev or {}).get("pmatch") or {}).get("pooled") or {}).get(score, {}).get("overall")
-
-
-# ---- charts -------------------------------------------------------------------------------------
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def charts(data: dict) -> dict[str, bytes]:
-    """name -> PNG bytes, for the charts the data allows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    out: dict[str, bytes] = {}
-    cycles = [c for c in data["cycles"] if (c.get("eval") or {}).get("mode", "single") == "single"]
-    if cycles:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-        xs = [c["cycle"] for c in cycles]
-        tasks = sorted({t for c in cycles for s in SCORES for t in _eval_block(c["eval"], s).get("by_task", {})})
-        for ax, score in zip(axes, SCORES):
-            for task in tasks:
-                ys = [_eval_block(c["eval"], score).get("by_task", {}).get(task, {}).get("mean") for c in cycles]
-                ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", alpha=0.7, label=task)
-            overall = [_eval_block(c["eval"], score).get("mean") for c in cycles]
-            ax.plot(xs, [float("nan") if y is None else y for y in overall], marker="s", color="black",
-                    linewidth=2.5, label="all tasks")
-            gate = data["gate_params"]
-            if gate.score == score and gate.statistic == "mean":
-                ax.axhline(gate.threshold, color="crimson", linestyle="--", label=f"ε = {gate.threshold:g}")
-            ax.set_title(f"{score} V per cycle")
-            ax.set_xlabel("cycle")
-            ax.set_xticks(xs)
-            ax.set_ylim(0, 102)
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("V (mean judge score, 1-100)")
-        axes[1].legend(fontsize=8, loc="best")
-        out["scores_by_cycle"] = _png(fig)
-    if any(data["scores"][s] for s in SCORES):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-        for ax, score in zip(axes, SCORES):
-            values = data["scores"][score]
-            ax.hist(values, bins=range(0, 105, 5), color="#4c72b0", edgecolor="white")
-            for z in data["zetas"]:
-                ax.axvline(z, color="crimson", linestyle="--")
-                ax.text(z + 1, ax.get_ylim()[1] * 0.92, f"ζ={z}", color="crimson")
-            ax.set_title(f"{score}: {len(values)} judged samples")
-            ax.set_xlabel("judge score")
-            ax.set_xlim(0, 101)
-        axes[0].set_ylabel("samples")
-        out["score_histograms"] = _png(fig)
-    curve = (data.get("train") or {}).get("loss_curve") or []
-    if curve:
-        fig, ax = plt.subplots(figsize=(7, 3.4))
-        ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker="." if len(curve) < 50 else None)
-        ax.set_title(f"training loss, cycle {data['train'].get('cycle', data['cycle'])}")
-        ax.set_xlabel("optimizer step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        out["loss"] = _png(fig)
-    return out
 
 
 # ---- shared content -----------------------------------------------------------------------------
@@ -138,7 +67,7 @@ def summary_rows(data: dict) -> list[tuple[str, list[tuple]]]:
     ev = data.get("eval") or {}
     rows = []
     for s in SCORES:
-        b = _eval_block(ev, s)
+        b = eval_block(ev, s)
         if not b:
             continue
         cells = [(f"{s}.mean", b.get("mean"), num(b.get("mean"), 2)), (f"{s}.ci95", b.get("ci95"), ci(b.get("ci95")))]
@@ -152,12 +81,12 @@ def summary_rows(data: dict) -> list[tuple[str, list[tuple]]]:
 def task_rows(data: dict) -> list[tuple[str, list[tuple]]]:
     ev = data.get("eval") or {}
     ref = (ev.get("reference") or {}).get("by_task", {})
-    tasks = sorted(set(ref) | {t for s in SCORES for t in _eval_block(ev, s).get("by_task", {})})
+    tasks = sorted(set(ref) | {t for s in SCORES for t in eval_block(ev, s).get("by_task", {})})
     rows = []
     for t in tasks:
         cells = []
         for s in SCORES:
-            b = _eval_block(ev, s).get("by_task", {}).get(t, {})
+            b = eval_block(ev, s).get("by_task", {}).get(t, {})
             cells.append((f"{s}.by_task.{t}.mean", b.get("mean"), num(b.get("mean"), 2)))
             cells += [(f"{s}.by_task.{t}.c{z}", b.get(f"c{z}"), pct(b.get(f"c{z}"))) for z in data["zetas"]]
         r = ref.get(t, {})
@@ -178,15 +107,15 @@ def task_header(data: dict) -> list[str]:
 def cycle_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     gate = data["gate_params"]
     score = data["gate_score"]
-    tasks = sorted({t for c in data["cycles"] for t in _eval_block(c.get("eval"), score).get("by_task", {})})
+    tasks = sorted({t for c in data["cycles"] for t in eval_block(c.get("eval"), score).get("by_task", {})})
     head = ["cycle", "run", "similarity V", "precision V", "ROUGE-L"] + [f"{score} V: {t}" for t in tasks] + \
         [f"gate ({gate.score} {gate.statistic})", "passed", "service cost"]
     rows = []
     for c in data["cycles"]:
         ev, v = c.get("eval") or {}, c.get("verdict") or {}
-        rows.append([str(c["cycle"]), c["name"], num(_eval_block(ev, "similarity").get("mean"), 2),
-                     num(_eval_block(ev, "precision").get("mean"), 2), num((ev.get("reference") or {}).get("rougeL"), 2)]
-                    + [num(_eval_block(ev, score).get("by_task", {}).get(t, {}).get("mean"), 2) for t in tasks]
+        rows.append([str(c["cycle"]), c["name"], num(eval_block(ev, "similarity").get("mean"), 2),
+                     num(eval_block(ev, "precision").get("mean"), 2), num((ev.get("reference") or {}).get("rougeL"), 2)]
+                    + [num(eval_block(ev, score).get("by_task", {}).get(t, {}).get("mean"), 2) for t in tasks]
                     + [num(v.get("value"), 2), {True: "yes", False: "no"}.get(v.get("passed"), "–"),
                        usd((c.get("cost") or {}).get("cost_usd"))])
     return head, rows

@@ -351,3 +351,21 @@ def test_headless_chromium_renders_a_non_blank_page(project, tmp_path):
     non_white = sum(n for n, c in colours if min(c) < 240) / (img.width * img.height)
     assert len(colours) > 200, "text, tables and charts give many distinct colours"
     assert non_white > 0.03, f"only {non_white:.1%} of the page is not white"
+
+
+def test_pairwise_mode_reports_win_rates_without_histograms(project, tmp_path):
+    root, files = project
+    preds = [obj for _, obj in records.iter_jsonl(root / "data" / "predictions.jsonl")]
+    outcomes = ["win", "tie", "loss"]
+    rows = [{"prompt_id": p["prompt_id"], "sample_idx": p["sample_idx"], "judge_idx": 0, "judge": "local",
+             "subject": "student", "verdicts": ["A", "B"], "outcome": outcomes[i % 3], "error": None, "raw": ["", ""]}
+            for i, p in enumerate(preds)]
+    tasks = {p["prompt_id"]: p["task"] for p in preds}
+    ev = {"cycle": 1, "mode": "pairwise", **evaluate.summarise_pairwise(rows, tasks, ["local"]),
+          "reference": files["eval"]["reference"], "judge": files["eval"]["judge"]}
+    records.write_json(root / "metrics" / "eval.json", ev)
+    records.write_jsonl(root / "data" / "judgments.jsonl", rows)
+    html_path, _ = report.write(_build(root), tmp_path / "reports")
+    page = html_path.read_text()
+    assert f"{100 * ev['pairwise']['win']:.1f}%" in page and "closed_qa" in page
+    assert "No data for this chart yet (similarity and precision histograms)" in page
