@@ -300,7 +300,8 @@ def html(data: dict, images: dict[str, bytes]) -> str:
 # ---- Markdown -----------------------------------------------------------------------------------
 
 def _md_cell(text) -> str:
-    return _esc(text).replace("|", "\\|").replace("\n", " ")
+    # Markdown renders inline HTML: escape it (quotes may stay), and keep each cell on one line.
+    return html_mod.escape("" if text is None else str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:

@@ -351,6 +351,9 @@ def test_headless_chromium_renders_a_non_blank_page(project, tmp_path):
     non_white = sum(n for n, c in colours if min(c) < 240) / (img.width * img.height)
     assert len(colours) > 200, "text, tables and charts give many distinct colours"
     assert non_white > 0.03, f"only {non_white:.1%} of the page is not white"
+    # Our page, not an error page: the verdict box's own background (CSS .pass / .fail) fills a band.
+    box = (227, 246, 232) if files["cycle"]["passed"] else (255, 244, 224)
+    assert dict((c, n) for n, c in colours).get(box, 0) > 20_000
 
 
 def test_pairwise_mode_reports_win_rates_without_histograms(project, tmp_path):
