@@ -58,6 +58,7 @@ def charts(data: dict) -> dict[str, bytes]:
             ax.set_title(f"{score}: {len(values)} judged samples")
             ax.set_xlabel("judge score")
             ax.set_xlim(0, 101)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set_ylabel("samples")
         out["score_histograms"] = _png(fig)
     curve = (data.get("train") or {}).get("loss_curve") or []

@@ -190,7 +190,7 @@ img{max-width:100%;border:1px solid #e3e7ee;margin:.5rem 0}
 .cols{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:.6rem}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5rem;max-height:18rem;overflow:auto;
 margin:.2rem 0;font-size:.85rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}
-dt{font-weight:600}dd{margin:0}.note{color:#5a6577;font-size:.9rem}
+dt{font-weight:600}dd{margin:0}.note{color:#5a6577;font-size:.9rem}.scroll{overflow-x:auto;max-width:100%}
 """
 
 
@@ -203,7 +203,7 @@ def _img(images: dict, name: str, alt: str) -> str:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     h = "".join(f"<th>{_esc(x)}</th>" for x in head)
     body = "".join("<tr>" + "".join(f"<td>{_esc(x)}</td>" for x in r) + "</tr>" for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{h}</tr>{body}</table></div>'
 
 
 def _metric_table(head: list[str], rows: list[tuple[str, list[tuple]]]) -> str:
@@ -211,7 +211,7 @@ def _metric_table(head: list[str], rows: list[tuple[str, list[tuple]]]) -> str:
     body = "".join(f"<tr><td>{_esc(label)}</td>" + "".join(
         f'<td data-metric="{_esc(key)}" data-value="{_esc(json.dumps(value))}">{_esc(text)}</td>'
         for key, value, text in cells) + "</tr>" for label, cells in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{h}</tr>{body}</table></div>'
 
 
 def _examples(title: str, rows: list[dict]) -> str:
