@@ -22,6 +22,7 @@ help:
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
 	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
 	@echo "make bench     measure (service concurrency, resume) -> metrics/bench.json"
+	@echo "make report    reports/cycle-<t>.html: scores, cost, break-even (opens offline)"
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
@@ -80,3 +81,8 @@ clean-venv:
 lock: $(STAMP)
 	{ echo "# Exact versions of everything duo installs (pip freeze). Regenerate with \`make lock\`."; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^torch=='; echo "torch==2.13.0"; } > constraints.txt
+
+# reports/cycle-<t>.html (self-contained, opens offline) + reports/cycle-<t>.md for the current cycle
+.PHONY: report
+report: setup
+	$(PY) -m duo.report

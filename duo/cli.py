@@ -221,5 +221,11 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
     progress.summary("curate", f"{counts['in']} in, {counts['out']} kept; removed: {reasons}")
 
 
+# `duo report` = `make report` (the command lives with its module).
+from duo.report import main as _report  # noqa: E402
+
+main.add_command(_report, "report")
+
+
 if __name__ == "__main__":
     main()

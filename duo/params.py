@@ -181,6 +181,22 @@ class Gate:
 
 
 @dataclass
+class Report:
+    daily_tokens_in: int = 1_000_000
+    daily_tokens_out: int = 250_000
+    price_model: Optional[str] = None
+    hardware_usd: float = 1500.0
+    hardware_watts: float = 150.0
+    usd_per_kwh: float = 0.20
+    examples: int = 3
+
+    def check(self):
+        if min(self.daily_tokens_in, self.daily_tokens_out, self.hardware_usd, self.hardware_watts,
+               self.usd_per_kwh, self.examples) < 0:
+            raise ValueError("daily tokens, hardware_usd, hardware_watts, usd_per_kwh and examples must be >= 0")
+
+
+@dataclass
 class Params:
     cycle: int = 0
     student: Student = field(default_factory=Student)
@@ -193,6 +209,7 @@ class Params:
     infer: Infer = field(default_factory=Infer)
     judge: Judge = field(default_factory=Judge)
     gate: Gate = field(default_factory=Gate)
+    report: Report = field(default_factory=Report)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -137,13 +137,13 @@ def read_at(path: str | Path, offsets: Iterable[int]) -> Iterator[dict]:
             yield json.loads(raw[3:] if offset == 0 and raw.startswith(b"\xef\xbb\xbf") else raw)
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write, binary: bool = False) -> None:
     # Temp file in the same directory, fsync, then rename: readers see the old file or the
     # whole new one, never a half-written one.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -217,6 +217,10 @@ def copy_file(src: str | Path, dest: str | Path) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda fh: fh.write(data), binary=True)
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

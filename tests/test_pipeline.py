@@ -190,3 +190,21 @@ def test_gate_change_reruns_only_the_gate_and_delivers(repo, cycle1):
         before = experiments(repo)
         again = turn(repo)
         assert "nothing to do" in again and experiments(repo) == before
+
+
+def test_report_and_dvc_plots_diff_across_the_two_cycles(repo, cycle1):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true"}
+    plots = {p.name for p in (repo / "metrics" / "plots").iterdir()}
+    assert plots == {"loss.json", "scores.json", "tasks.json"}
+    proc = subprocess.run([sys.executable, "-m", "duo.report"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (repo / "reports" / "cycle-1.html").read_text()
+    ev = read(repo, "metrics/eval.json")
+    assert f'data-metric="precision.mean" data-value="{json.dumps(ev["precision"]["mean"])}"' in page
+    assert ">cycle-0<" in page and "showing the current metrics only" not in page, "cycle 0 comes from its experiment"
+    assert (repo / "reports" / "cycle-1.md").exists()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", "cycle-0", "cycle-1", "--json"], cwd=repo,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    loss = json.loads(proc.stdout)["data"]["Training loss"][0]
+    assert set(loss["revisions"]) == {"cycle-0", "cycle-1"}
