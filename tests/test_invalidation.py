@@ -16,7 +16,8 @@ from tests.conftest import copy_project
 OUTS = ["models/base/config.json", "models/adapter/adapter_config.json", "models/student.gguf", "models/Modelfile",
         "data/train.jsonl", "data/test.jsonl", "data/synth/cycle-1.jsonl", "data/predictions.jsonl",
         "data/judgments.jsonl", "data/teacher.jsonl", "metrics/synth.json", "metrics/train.json",
-        "metrics/export.json", "metrics/infer.json", "metrics/eval.json", "metrics/cycle.json", "metrics/cost.json"]
+        "metrics/export.json", "metrics/infer.json", "metrics/eval.json", "metrics/cycle.json", "metrics/cost.json",
+        "metrics/plots/loss.json", "metrics/plots/scores.json", "metrics/plots/tasks.json"]
 
 EDITS = [  # (what is edited, stages that must be flagged)
     ("prompts/judge.txt", {"evaluate"}),
@@ -29,6 +30,8 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("duo/checkpoints.py", {"finetune"}),
     ("duo/curate.py", {"synthesize"}),
     ("duo/judge.py", {"synthesize", "evaluate"}),
+    ("duo/progress.py", {"base", "prepare", "synthesize", "finetune", "export", "infer", "evaluate", "gate"}),
+    ("stages/plots.py", {"plots"}),
     ("params:student.source", {"base"}),
     ("params:coverage.seed", {"prepare"}),
     ("params:curate.shingle", {"synthesize"}),
