@@ -19,17 +19,28 @@ TOOLS = Path(__file__).resolve().parent.parent / "tools" / "llama.cpp"
 WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 
-def converter() -> Path:
-    script = TOOLS / "convert_hf_to_gguf.py"
+def converter(name: str = "convert_hf_to_gguf.py") -> Path:
+    script = TOOLS / name
     if not script.exists():
         raise click.ClickException(f"{script} is missing: run `make setup` (fetches llama.cpp's converter)")
     return script
 
 
+def lora_converter() -> Path:
+    return converter("convert_lora_to_gguf.py")
+
+
+def versions() -> dict:
+    """llama-cpp-python's version and the llama.cpp commit its sources (and so its build) come from."""
+    commit = TOOLS / "COMMIT"
+    return {"llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+            "llama_cpp_commit": commit.read_text().strip() if commit.exists() else None}
+
+
 def fetch(dest: Path = TOOLS) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
     stamp = dest / "VERSION"
-    if stamp.exists() and stamp.read_text().strip() == version:
+    if stamp.exists() and stamp.read_text().strip() == version and (dest / "COMMIT").exists():
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
@@ -44,6 +55,13 @@ def fetch(dest: Path = TOOLS) -> Path:
                     m.name = m.name[len(prefix):]
                     members.append(m)
             tar.extractall(staging, members=members, filter="data")
+            # The sdist carries the git metadata of its llama.cpp submodule: HEAD is the commit built.
+            head = f"llama_cpp_python-{version}/.git/modules/vendor/llama.cpp/HEAD"
+            try:
+                commit = tar.extractfile(head).read().decode().strip()
+            except (KeyError, AttributeError):
+                commit = "unknown"
+        (staging / "COMMIT").write_text(commit + "\n")
         (staging / "VERSION").write_text(version + "\n")
         if dest.exists():
             shutil.rmtree(dest)
