@@ -170,7 +170,7 @@ def main(params_path: str) -> None:
         metrics, failures = run(p, model_label(), Path(tmp))
         if failures:
             records.write_json("metrics/export.json", metrics | {"failures": failures})
-            raise click.ClickException("export checks failed (models/student.gguf left as it was; numbers in "
+            raise click.ClickException("export checks failed; the new GGUF was not installed (numbers in "
                                        "metrics/export.json):\n- " + "\n- ".join(failures))
         _install(Path(tmp), p.lora_only)
     template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
