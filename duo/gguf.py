@@ -66,9 +66,9 @@ def conversion_error(model: str, hf_dir: Path, log: str) -> click.ClickException
     version = llamacpp_tools.versions()["llama_cpp_python"]
     arch = _architecture(hf_dir)
     tail = "\n".join(log.strip().splitlines()[-8:])
-    cure = (f"Choose a student that llama.cpp supports (student.source in params.yaml), or upgrade "
-            f"llama-cpp-python (pyproject.toml, constraints.txt) and rerun `make setup` if a newer "
-            f"llama.cpp supports it.")
+    cure = ("Choose a student that llama.cpp supports (student.source in params.yaml), or upgrade "
+            "llama-cpp-python (pyproject.toml, constraints.txt) and rerun `make setup` if a newer "
+            "llama.cpp supports it.")
     if re.search(r"Model \S+ is not supported|Architecture .* not supported", log):
         return click.ClickException(
             f"cannot export {model}: its architecture {arch} is not supported by llama.cpp's converter "
