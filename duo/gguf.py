@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import json
 import os
 import re
@@ -25,14 +26,20 @@ def quant_types() -> dict[str, int]:
 # llama.cpp refuses these without an importance matrix (llama-imatrix over calibration text), which
 # duo does not compute.
 NEEDS_IMATRIX = {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "q2_k_s"}
+# Tensor types newer than the gguf package's reader (gguf 0.19.0 stops at Q1_0): the read-back check
+# could not open the file.
+UNREADABLE = {"q2_0"}
 
 
 def check_quant(quant: str) -> None:
     known = quant_types()
-    usable = sorted(set(known) - NEEDS_IMATRIX) + ["f32"]
+    usable = sorted(set(known) - NEEDS_IMATRIX - UNREADABLE) + ["f32"]
     if quant in NEEDS_IMATRIX:
         raise click.ClickException(f"params.yaml: export.quant '{quant}' needs an importance matrix, which duo "
                                    f"does not compute; use one of {', '.join(usable)}")
+    if quant in UNREADABLE:
+        raise click.ClickException(f"params.yaml: export.quant '{quant}' is newer than the gguf package that "
+                                   f"checks the export can read; use one of {', '.join(usable)}")
     if quant not in known and quant != "f32":
         raise click.ClickException(f"params.yaml: export.quant '{quant}' unknown; use one of {', '.join(usable)}")
 
@@ -119,7 +126,11 @@ def read_metadata(path: Path) -> dict:
     """Architecture, chat template and special tokens as written in the GGUF header."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except ValueError as err:  # a tensor type this gguf package does not know yet
+        raise click.ClickException(f"cannot read back {path} with gguf {importlib.metadata.version('gguf')}: "
+                                   f"{err}; choose another export.quant") from None
 
     def field(name):
         f = reader.fields.get(name)
