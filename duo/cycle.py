@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from duo import model_card
 from duo import params as params_mod
 from duo import records
 
@@ -73,8 +74,17 @@ def deliver(verdict: dict) -> Path:
     records.copy_file("models/student.gguf", target)
     records.copy_file("models/Modelfile", DIST / "Modelfile")
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    records.write_json(DIST / "deliverable.json", {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest,
-                                                   "file": target.name})
+    record = {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest, "file": target.name}
+    lora = Path("models/lora/adapter.gguf")
+    if lora.exists():
+        shutil.copyfile(lora, DIST / "adapter.gguf")
+        record["lora"] = {"file": "adapter.gguf", "sha256": hashlib.sha256(lora.read_bytes()).hexdigest()}
+    else:
+        (DIST / "adapter.gguf").unlink(missing_ok=True)
+    # The card written at export could not know the evaluation (it runs later): rewrite it with the
+    # final metrics. models/MODEL_CARD.md stays as DVC recorded it.
+    model_card.write(DIST / "MODEL_CARD.md", verdict["cycle"], final=True)
+    records.write_json(DIST / "deliverable.json", record)
     return target
 
 

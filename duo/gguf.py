@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -21,15 +23,30 @@ def quant_types() -> dict[str, int]:
             if name.startswith(prefix)}
 
 
+# llama.cpp refuses these without an importance matrix (llama-imatrix over calibration text), which
+# duo does not compute.
+NEEDS_IMATRIX = {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "q2_k_s"}
+# Tensor types newer than the gguf package's reader (gguf 0.19.0 stops at Q1_0): the read-back check
+# could not open the file.
+UNREADABLE = {"q2_0"}
+
+
 def check_quant(quant: str) -> None:
     known = quant_types()
+    usable = sorted(set(known) - NEEDS_IMATRIX - UNREADABLE) + ["f32"]
+    if quant in NEEDS_IMATRIX:
+        raise click.ClickException(f"params.yaml: export.quant '{quant}' needs an importance matrix, which duo "
+                                   f"does not compute; use one of {', '.join(usable)}")
+    if quant in UNREADABLE:
+        raise click.ClickException(f"params.yaml: export.quant '{quant}' is newer than the gguf package that "
+                                   f"checks the export can read; use one of {', '.join(usable)}")
     if quant not in known and quant != "f32":
-        raise click.ClickException(f"params.yaml: export.quant '{quant}' unknown; use one of f32, "
-                                   f"{', '.join(sorted(known))}")
+        raise click.ClickException(f"params.yaml: export.quant '{quant}' unknown; use one of {', '.join(usable)}")
 
 
-def merge(base: Path, adapter: Path, out: Path) -> None:
-    """Fold the LoRA weights into the base and save a plain HF model (with the adapter's tokenizer)."""
+def merge(base: Path, adapter: Path, out: Path):
+    """Fold the LoRA weights into the base and save a plain HF model (with the adapter's tokenizer).
+    Returns the merged model and tokenizer (the greedy check compares against them)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -40,23 +57,59 @@ def merge(base: Path, adapter: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     tokenizer.chat_template = (adapter / "chat_template.jinja").read_text(encoding="utf-8")
     tokenizer.save_pretrained(out)
+    return model, tokenizer
 
 
-def convert(hf_dir: Path, out: Path, outtype: str = "f16") -> None:
+def _architecture(hf_dir: Path) -> str:
+    try:
+        config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+        return ", ".join(config.get("architectures") or [config.get("model_type", "unknown")])
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def conversion_error(model: str, hf_dir: Path, log: str) -> click.ClickException:
+    """Turn the converter's failure into what the user can do about it."""
+    version = llamacpp_tools.versions()["llama_cpp_python"]
+    arch = _architecture(hf_dir)
+    tail = "\n".join(log.strip().splitlines()[-8:])
+    cure = ("Choose a student that llama.cpp supports (student.source in params.yaml), or upgrade "
+            "llama-cpp-python (pyproject.toml, constraints.txt) and rerun `make setup` if a newer "
+            "llama.cpp supports it.")
+    if re.search(r"Model \S+ is not supported|Architecture .* not supported", log):
+        return click.ClickException(
+            f"cannot export {model}: its architecture {arch} is not supported by llama.cpp's converter "
+            f"(llama-cpp-python {version}). {cure}")
+    if "pre-tokenizer was not recognized" in log:
+        return click.ClickException(
+            f"cannot export {model} ({arch}): its tokenizer's pre-tokenizer is unknown to llama.cpp's "
+            f"converter (llama-cpp-python {version}), so llama.cpp would split text differently from "
+            f"training. {cure}")
+    if re.search(r"No space left|File too large|Disk quota|requested and \d+ written", log):
+        return click.ClickException(f"GGUF conversion of {model} failed: disk full, the GGUF was not completed; "
+                                    f"the previous models/student.gguf is untouched.\n{tail}")
+    return click.ClickException(f"GGUF conversion of {model} ({hf_dir}) failed:\n{tail}")
+
+
+def _run_converter(cmd: list[str], model: str, hf_dir: Path) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise conversion_error(model, hf_dir, (proc.stderr or "") + (proc.stdout or ""))
+
+
+def convert(hf_dir: Path, out: Path, outtype: str = "f16", model: str | None = None) -> None:
     """Run llama.cpp's own convert_hf_to_gguf.py (same version as the runtime)."""
     cmd = [sys.executable, str(llamacpp_tools.converter()), str(hf_dir), "--outfile", str(out),
            "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        hint = ""
-        if "pre-tokenizer" in tail or "BPE pre-tokenizer" in tail:
-            hint = "\n(llama.cpp does not know this tokenizer: the model family is not supported by its converter)"
-        if "not supported" in tail and "Model" in tail:
-            hint = "\n(llama.cpp's converter does not support this architecture)"
-        if re.search(r"No space left|File too large|Disk quota|requested and \d+ written", tail):
-            hint = "\n(disk full: the GGUF was not completed; the previous models/student.gguf is untouched)"
-        raise click.ClickException(f"GGUF conversion of {hf_dir} failed:\n{tail}{hint}")
+    _run_converter(cmd, model or str(hf_dir), hf_dir)
+
+
+def convert_lora(adapter: Path, base: Path, out: Path, outtype: str = "f32", model: str | None = None) -> None:
+    """The adapter alone as a GGUF LoRA (llama.cpp's convert_lora_to_gguf.py); f32 because it is small
+    and applied on top of the base's own weights at load time."""
+    cmd = [sys.executable, str(llamacpp_tools.lora_converter()), str(adapter), "--base", str(base),
+           "--outfile", str(out), "--outtype", outtype]
+    _run_converter(cmd, model or str(adapter), base)
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
@@ -67,14 +120,20 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
     params.nthread = threads or (os.cpu_count() or 1)
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise click.ClickException(f"llama.cpp failed to quantize {src} to {quant} (code {rc})")
+        raise click.ClickException(
+            f"llama.cpp failed to quantize {src} to {quant} (code {rc}; its log is above). Some types need "
+            f"tensor rows divisible by their block size (this model's may not be): try q8_0, q4_k_m or q4_0")
 
 
 def read_metadata(path: Path) -> dict:
     """Architecture, chat template and special tokens as written in the GGUF header."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except ValueError as err:  # a tensor type this gguf package does not know yet
+        raise click.ClickException(f"cannot read back {path} with gguf {importlib.metadata.version('gguf')}: "
+                                   f"{err}; choose another export.quant") from None
 
     def field(name):
         f = reader.fields.get(name)

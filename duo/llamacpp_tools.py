@@ -19,24 +19,35 @@ TOOLS = Path(__file__).resolve().parent.parent / "tools" / "llama.cpp"
 WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 
-def converter() -> Path:
-    script = TOOLS / "convert_hf_to_gguf.py"
+def converter(name: str = "convert_hf_to_gguf.py") -> Path:
+    script = TOOLS / name
     # `dvc exp run --temp/--queue` runs in a copy of the tracked files under <repo>/.dvc/tmp/exps/,
     # without the (git-ignored) tools/ folder: use the enclosing checkout's.
     for parent in TOOLS.parents[2:]:
         if script.exists():
             break
-        script = parent / "tools" / "llama.cpp" / "convert_hf_to_gguf.py"
+        script = parent / "tools" / "llama.cpp" / name
     if not script.exists():
         raise click.ClickException(f"{TOOLS / 'convert_hf_to_gguf.py'} is missing: run `make setup` "
                                    f"(fetches llama.cpp's converter)")
     return script
 
 
+def lora_converter() -> Path:
+    return converter("convert_lora_to_gguf.py")
+
+
+def versions() -> dict:
+    """llama-cpp-python's version and the llama.cpp commit its sources (and so its build) come from."""
+    commit = TOOLS / "COMMIT"
+    return {"llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+            "llama_cpp_commit": commit.read_text().strip() if commit.exists() else None}
+
+
 def fetch(dest: Path = TOOLS) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
     stamp = dest / "VERSION"
-    if stamp.exists() and stamp.read_text().strip() == version:
+    if stamp.exists() and stamp.read_text().strip() == version and (dest / "COMMIT").exists():
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
@@ -51,6 +62,13 @@ def fetch(dest: Path = TOOLS) -> Path:
                     m.name = m.name[len(prefix):]
                     members.append(m)
             tar.extractall(staging, members=members, filter="data")
+            # The sdist carries the git metadata of its llama.cpp submodule: HEAD is the commit built.
+            head = f"llama_cpp_python-{version}/.git/modules/vendor/llama.cpp/HEAD"
+            try:
+                commit = tar.extractfile(head).read().decode().strip()
+            except (KeyError, AttributeError):
+                commit = "unknown"
+        (staging / "COMMIT").write_text(commit + "\n")
         (staging / "VERSION").write_text(version + "\n")
         if dest.exists():
             shutil.rmtree(dest)

@@ -125,6 +125,12 @@ class Finetune:
 @dataclass
 class Export:
     quant: str = "q8_0"
+    lora_only: bool = False
+    ppl_tokens: int = 512
+
+    def check(self):
+        if self.ppl_tokens < 0:
+            raise ValueError("ppl_tokens must be >= 0 (0 = skip the perplexity check)")
 
 
 @dataclass

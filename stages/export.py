@@ -1,11 +1,21 @@
-"""export: merge the adapter into the base, convert with llama.cpp's converter, quantize, validate,
-and write models/student.gguf with an Ollama Modelfile. Runs every cycle: what is judged ships.
+"""export: merge the adapter into the base, convert with llama.cpp's converter, quantize, prove the
+GGUF is the trained model, and write models/student.gguf with an Ollama Modelfile and a model card.
+Runs every cycle: what is judged ships.
 
-Run: python -m stages.export   (reads models/base, models/adapter; writes models/student.gguf,
-models/Modelfile, metrics/export.json)
+Checks on every export (numbers and seconds in metrics/export.json; a failed check fails the stage):
+- read back with gguf.GGUFReader: architecture, the training chat template, BOS/EOS ids;
+- llama.cpp and the HF tokenizer give the same ids on a fixed set of strings;
+- greedy decoding from the f16 GGUF matches the merged PyTorch model (first 16 of 32 tokens at least);
+- perplexity of the test references, f16 vs the shipped quantization;
+- with export.lora_only, the adapter alone as a GGUF LoRA, applied to the base's f16 GGUF, decodes
+  like the merged file.
+
+Run: python -m stages.export   (reads models/base, models/adapter, data/; writes models/student.gguf,
+models/Modelfile, models/MODEL_CARD.md, models/lora/, metrics/export.json)
 """
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -14,75 +24,166 @@ from pathlib import Path
 
 import click
 
-from duo import gguf
+from duo import gguf, gguf_checks, llamacpp_tools, model_card
 from duo import params as params_mod
 from duo import progress
 from duo import records
 
-BASE, ADAPTER = Path("models/base"), Path("models/adapter")
-OUT, MODELFILE = Path("models/student.gguf"), Path("models/Modelfile")
-PROBE = [{"role": "user", "content": "Reply with one short sentence: what is a GGUF file?"}]
+BASE, ADAPTER, TEST = Path("models/base"), Path("models/adapter"), Path("data/test.jsonl")
+OUT, MODELFILE, CARD = Path("models/student.gguf"), Path("models/Modelfile"), Path("models/MODEL_CARD.md")
+LORA_DIR = Path("models/lora")
+LORA_FILE = LORA_DIR / "adapter.gguf"
+FLOAT_TYPES = ("f32", "f16", "bf16")
 
 
-def smoke_test(path: Path) -> dict:
-    """Load with llama.cpp, chat once with the embedded template, and compare tokenizers."""
-    import llama_cpp
-    from transformers import AutoTokenizer
+def _mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 1)
 
-    llm = llama_cpp.Llama(str(path), n_ctx=512, verbose=False, seed=0)
+
+def probe(llm) -> str:
+    """One chat turn through llama.cpp's own handling of the embedded template."""
+    llm.reset()
+    reply = llm.create_chat_completion(gguf_checks.PROBE, max_tokens=48, temperature=0.0)
+    return (reply["choices"][0]["message"]["content"] or "")[:200]
+
+
+def run(p, model_name: str, work: Path, log=click.echo) -> tuple[dict, list[str]]:
+    """Build and check everything in `work`; return (metrics, failed checks). Nothing is moved into
+    models/ here."""
+    seconds: dict[str, float] = {}
     start = time.monotonic()
-    reply = llm.create_chat_completion(PROBE, max_tokens=48, temperature=0.0)
-    text = reply["choices"][0]["message"]["content"] or ""
-    hf = AutoTokenizer.from_pretrained(ADAPTER)
-    samples = ["Hello, world!", "  leading and   inner   spaces\n\ttab", "def f(x):\n    return x**2",
-               "Ünïcödé café — 東京 🙂", "<|im_start|>user\nhi<|im_end|>"]
-    mismatches = [s for s in samples
-                  if llm.tokenize(s.encode(), add_bos=False, special=True) != hf.encode(s, add_special_tokens=False)]
-    return {"probe_reply": text[:200], "probe_seconds": round(time.monotonic() - start, 2),
-            "tokenizer_samples": len(samples), "tokenizer_mismatches": mismatches}
+    quant = p.quant
+    base_type = quant if quant in FLOAT_TYPES else "f16"
+    template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
+    failures: list[str] = []
+
+    log("export: merging adapter into base")
+    (model, tokenizer), seconds["merge"] = gguf_checks.timed(gguf.merge, BASE, ADAPTER, work / "merged")
+    log("export: converting with llama.cpp's convert_hf_to_gguf.py")
+    reference = work / f"model-{base_type}.gguf"
+    _, seconds["convert"] = gguf_checks.timed(gguf.convert, work / "merged", reference, base_type, model_name)
+    final = work / "student.gguf"
+    if quant == base_type:
+        shutil.copyfile(reference, final)
+    else:
+        log(f"export: quantizing to {quant}")
+        _, seconds["quantize"] = gguf_checks.timed(gguf.quantize, reference, final, quant)
+
+    # 1. The header says what we trained.
+    meta, seconds["read_back"] = gguf_checks.timed(gguf.read_metadata, final)
+    expected = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    template_ok = meta["chat_template"] == template
+    special_ok = all(meta[k] == v for k, v in expected.items() if v is not None)
+    if not meta["architecture"]:
+        failures.append("the GGUF has no general.architecture")
+    if not template_ok:
+        failures.append("the GGUF's chat template differs from the one used in training")
+    if not special_ok:
+        failures.append(f"BOS/EOS in the GGUF ({meta['bos_token_id']}/{meta['eos_token_id']}) differ from the "
+                        f"tokenizer's ({expected['bos_token_id']}/{expected['eos_token_id']})")
+
+    # 2. Same token ids as the HF tokenizer, on the file that ships.
+    log("export: checking tokenizer, greedy decoding and perplexity")
+    shipped = gguf_checks.load(final)
+    parity, seconds["tokenizer"] = gguf_checks.timed(gguf_checks.tokenizer_parity, shipped, tokenizer)
+    if parity["tokenizer_mismatches"]:
+        failures.append(f"llama.cpp and the HF tokenizer disagree on "
+                        f"{[m['text'] for m in parity['tokenizer_mismatches']]}")
+    reply, seconds["probe"] = gguf_checks.timed(probe, shipped)
+
+    # 3. Greedy decoding from the unquantized GGUF equals the merged PyTorch model's.
+    ref_llm = gguf_checks.load(reference)
+    greedy, seconds["greedy"] = gguf_checks.timed(gguf_checks.greedy_check, ref_llm, model, tokenizer)
+    if not greedy["passed"]:
+        failures.append(f"greedy decoding from the {base_type} GGUF diverges from the merged PyTorch model after "
+                        f"{greedy['common_prefix']} tokens (need {gguf_checks.GREEDY_MIN_PREFIX}): "
+                        f"GGUF {greedy['gguf_text']!r} vs PyTorch {greedy['pytorch_text']!r}")
+
+    # 4. What quantization costs, in perplexity of the test references.
+    perplexity = None
+    if p.ppl_tokens:
+        rows = records.read_records(TEST, records.ROW_FIELDS)
+        sequences = gguf_checks.ppl_sequences(rows, tokenizer, p.ppl_tokens, max_len=512)
+        ref_ppl, seconds[f"ppl_{base_type}"] = gguf_checks.timed(gguf_checks.perplexity, ref_llm, sequences)
+        perplexity = {base_type: ref_ppl["ppl"], "tokens": ref_ppl["tokens"], "rows": ref_ppl["rows"]}
+        if quant != base_type:
+            q_ppl, seconds[f"ppl_{quant}"] = gguf_checks.timed(gguf_checks.perplexity, shipped, sequences)
+            perplexity[quant] = q_ppl["ppl"]
+            perplexity["increase_pct"] = round(100 * (q_ppl["ppl"] / ref_ppl["ppl"] - 1), 2)
+    del shipped, ref_llm, model
+    gc.collect()
+
+    # 5. The adapter alone, applied by llama.cpp on the base's own GGUF.
+    lora = None
+    if p.lora_only:
+        log("export: writing the LoRA GGUF and checking it on the base")
+        t0 = time.monotonic()
+        gguf.convert(BASE, work / "base-f16.gguf", "f16", model_name)
+        gguf.convert_lora(ADAPTER, BASE, work / "adapter.gguf", "f32", model_name)
+        with_lora = gguf_checks.load(work / "base-f16.gguf", lora=work / "adapter.gguf")
+        lora_tokens = gguf_checks.greedy_gguf(with_lora, gguf_checks.prompt_ids(tokenizer))
+        del with_lora
+        lora = gguf_checks.compare_greedy(lora_tokens, greedy["gguf_ids"]) | {
+            "file": str(LORA_FILE), "size_mb": _mb(work / "adapter.gguf"), "base": f"{BASE} converted to f16",
+            "compared_with": f"merged {base_type} GGUF"}
+        seconds["lora"] = round(time.monotonic() - t0, 2)
+        if not lora["passed"]:
+            failures.append(f"the LoRA GGUF on the base decodes differently from the merged file after "
+                            f"{lora['common_prefix']} tokens")
+
+    metrics = {
+        "quant": quant, "size_mb": _mb(final), "sizes_mb": {base_type: _mb(reference), quant: _mb(final)},
+        **{k: v for k, v in meta.items() if k != "chat_template"},
+        "chat_template_matches": template_ok, "special_tokens_match": special_ok,
+        **parity, "greedy": greedy, "perplexity": perplexity, "lora": lora, "probe_reply": reply,
+        "llama_cpp": llamacpp_tools.versions(),
+        "check_seconds": seconds, "seconds": round(time.monotonic() - start, 1),
+    }
+    return metrics, failures
+
+
+def _install(work: Path, lora: bool) -> None:
+    """Move the checked files into models/ (each an atomic rename on the same filesystem)."""
+    os.replace(work / "student.gguf", OUT)
+    LORA_DIR.mkdir(parents=True, exist_ok=True)
+    if lora:
+        os.replace(work / "adapter.gguf", LORA_FILE)
+    else:
+        LORA_FILE.unlink(missing_ok=True)
+
+
+def model_label() -> str:
+    provenance = records.read_json(BASE / "provenance.json") or {}
+    return f"student.source '{provenance.get('source', BASE)}'"
 
 
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
-    quant = params.export.quant
-    gguf.check_quant(quant)
-    for need in (BASE / "config.json", ADAPTER / "adapter_config.json"):
+    p = params.export
+    gguf.check_quant(p.quant)
+    for need in (BASE / "config.json", ADAPTER / "adapter_config.json") + ((TEST,) if p.ppl_tokens else ()):
         if not need.exists():
-            raise click.ClickException(f"{need} missing: run the base and finetune stages first")
+            raise click.ClickException(f"{need} missing: run the base, prepare and finetune stages first")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=".export.", dir=OUT.parent) as tmp, \
-            progress.Steps("export", ["merge", "convert", "quantize", "validate"]) as step:
-        tmp = Path(tmp)
-        step("merge adapter into base")
-        gguf.merge(BASE, ADAPTER, tmp / "merged")
-        step("convert (llama.cpp convert_hf_to_gguf.py)")
-        base_type = quant if quant in ("f32", "f16", "bf16") else "f16"
-        gguf.convert(tmp / "merged", tmp / f"model-{base_type}.gguf", base_type)
-        final = tmp / "student.gguf"
-        if quant == base_type:
-            (tmp / f"model-{base_type}.gguf").rename(final)
-        else:
-            step(f"quantize to {quant}")
-            gguf.quantize(tmp / f"model-{base_type}.gguf", final, quant)
-        step("validate")
-        meta = gguf.read_metadata(final)
-        template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
-        if meta["chat_template"] != template:
-            raise click.ClickException("the GGUF's chat template differs from the one used in training")
-        check = smoke_test(final)
-        if check["tokenizer_mismatches"]:
-            raise click.ClickException(f"llama.cpp and the HF tokenizer disagree on: {check['tokenizer_mismatches']}")
-        os.replace(final, OUT)
+            progress.Steps("export", ["merge", "convert", "quantize", "checks", "lora"]) as step:
+        metrics, failures = run(p, model_label(), Path(tmp), log=lambda msg: step(msg.removeprefix("export: ")))
+        if failures:
+            records.write_json("metrics/export.json", metrics | {"failures": failures})
+            raise click.ClickException("export checks failed; the new GGUF was not installed (numbers in "
+                                       "metrics/export.json):\n- " + "\n- ".join(failures))
+        _install(Path(tmp), p.lora_only)
+    template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
     records.write_text(MODELFILE, gguf.ollama_modelfile(OUT.name, template, ["<|im_end|>", "<|im_start|>"]))
-    metrics = {"quant": quant, "size_mb": round(OUT.stat().st_size / 2**20, 1),
-               "seconds": round(time.monotonic() - start, 1),
-               **{k: v for k, v in meta.items() if k != "chat_template"},
-               "chat_template_matches": True, **check}
     records.write_json("metrics/export.json", metrics)
-    progress.summary("export", f"{OUT} ({metrics['size_mb']} MB, {quant}); probe reply: {check['probe_reply'][:80]!r}")
+    model_card.write(CARD, params.cycle, metrics)
+    ppl = metrics["perplexity"] or {}
+    progress.summary("export", f"{OUT} ({metrics['size_mb']} MB, {p.quant}); greedy match "
+                     f"{metrics['greedy']['common_prefix']}/{metrics['greedy']['tokens']} tokens; perplexity "
+                     f"{', '.join(f'{k} {v}' for k, v in ppl.items() if k not in ('tokens', 'rows'))}; "
+                     f"probe reply: {metrics['probe_reply'][:60]!r}")
 
 
 if __name__ == "__main__":

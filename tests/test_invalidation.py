@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import copy_project
 
 OUTS = ["models/base/config.json", "models/adapter/adapter_config.json", "models/student.gguf", "models/Modelfile",
+        "models/MODEL_CARD.md", "models/lora/placeholder",
         "data/train.jsonl", "data/test.jsonl", "data/synth/cycle-1.jsonl", "data/predictions.jsonl",
         "data/judgments.jsonl", "data/teacher.jsonl", "metrics/synth.json", "metrics/train.json",
         "metrics/export.json", "metrics/infer.json", "metrics/eval.json", "metrics/cycle.json", "metrics/cost.json",
@@ -27,6 +28,7 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("data/coverage.jsonl", {"prepare"}),
     ("stages/infer.py", {"infer"}),
     ("duo/gguf.py", {"export"}),
+    ("duo/gguf_checks.py", {"export"}),
     ("duo/checkpoints.py", {"finetune"}),
     ("duo/curate.py", {"synthesize"}),
     ("duo/judge.py", {"synthesize", "evaluate"}),
@@ -45,7 +47,7 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("params:infer.max_tokens", {"infer", "evaluate"}),
     ("params:judge.m", {"evaluate"}),
     ("params:gate.threshold", {"gate"}),
-    ("params:cycle", {"synthesize", "finetune", "infer", "evaluate", "gate"}),
+    ("params:cycle", {"synthesize", "finetune", "export", "infer", "evaluate", "gate"}),
 ]
 
 

@@ -100,6 +100,8 @@ def test_cycle0_runs_every_stage_and_writes_its_outputs(repo, cycle0):
     assert (adapter / "chat_template.jinja").read_text() == (base / "chat_template.jinja").read_text()
     export = read(repo, "metrics/export.json")
     assert export["architecture"] == "llama" and export["chat_template_matches"] and not export["tokenizer_mismatches"]
+    assert export["greedy"]["passed"] and export["perplexity"]["q8_0"] > 0
+    assert "## Metrics at release" in (repo / "models" / "MODEL_CARD.md").read_text()
     assert "FROM ./student.gguf" in (repo / "models" / "Modelfile").read_text()
     preds = jsonl(repo, "data/predictions.jsonl")
     assert len(preds) == 4 and {p["sample_idx"] for p in preds} == {0}
@@ -187,6 +189,7 @@ def test_gate_change_reruns_only_the_gate_and_delivers(repo, cycle1):
     verdict = read(repo, "metrics/cycle.json")
     if verdict["value"] is not None:  # a judge that failed every sample cannot pass any gate
         assert verdict["passed"] and (repo / "dist" / "student.gguf").exists()
+        assert "Pending" not in (repo / "dist" / "MODEL_CARD.md").read_text()
         before = experiments(repo)
         again = turn(repo)
         assert "nothing to do" in again and experiments(repo) == before

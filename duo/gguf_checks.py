@@ -1,0 +1,174 @@
+"""Checks that an exported GGUF is the model that was trained: same tokenizer, same greedy output as
+the merged PyTorch model, and how much quantization costs in perplexity. Run on every export.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import click
+
+# Strings where tokenizers tend to disagree: scripts beyond Latin, emoji (ZWJ sequences, flags,
+# skin tones), code, runs of spaces/tabs/newlines, digits, and the chat template's special tokens.
+TOKENIZER_SAMPLES = [
+    "Hello, world!",
+    "  leading and   inner   spaces\n\ttab",
+    "trailing spaces   \n\n\n\nfour newlines, then\r\nCRLF and \t\t\ttabs\t \t",
+    "def f(x):\n    return x**2\n\n\tif x >= 0: pass  # comment",
+    '{"key": [1, 2.5e-3, null], "nested": {"a": "b\\n"}}',
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "Ünïcödé café — naïve façade, Straße, smørrebrød",
+    "Привет, мир! Как дела?",
+    "東京は日本の首都です。你好，世界！",
+    "안녕하세요 세계",
+    "مرحبا بالعالم",
+    "नमस्ते दुनिया",
+    "Γειά σου Κόσμε; שלום עולם",
+    "🙂 👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️‍🔥 🤖",
+    "3.14159 1,000,000 2026-11-25 0x1F 1e10",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "",
+    " ",
+]
+
+PROBE = [{"role": "user", "content": "Explain in two sentences what a GGUF file is and why it is useful."}]
+GREEDY_TOKENS = 32
+# f16 rounding of the merged weights can flip a near-tie late in a greedy run; a conversion that is
+# wrong (weights, RoPE, template, tokenizer) diverges at once. The first 16 tokens must agree.
+GREEDY_MIN_PREFIX = 16
+
+
+def load(path: Path, n_ctx: int = 1024, lora: Path | None = None, threads: int = 0):
+    """A llama.cpp context that keeps every position's logits (llama-cpp-python fills `scores` only
+    with logits_all; perplexity needs them all anyway)."""
+    import llama_cpp
+
+    kwargs = {"lora_path": str(lora)} if lora else {}
+    if threads:  # else llama-cpp-python's default, half the cores: spinning threads on busy cores cost more
+        kwargs |= {"n_threads": threads, "n_threads_batch": threads}
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, logits_all=True, verbose=False, seed=0,
+                           **kwargs)
+
+
+def tokenizer_parity(llm, hf_tokenizer) -> dict:
+    """Token ids from llama.cpp and from the HF tokenizer on the fixed sample set."""
+    mismatches = []
+    for s in TOKENIZER_SAMPLES:
+        ours = llm.tokenize(s.encode(), add_bos=False, special=True)
+        theirs = hf_tokenizer.encode(s, add_special_tokens=False)
+        if ours != theirs:
+            mismatches.append({"text": s, "llama_cpp": ours[:40], "hf": theirs[:40]})
+    return {"tokenizer_samples": len(TOKENIZER_SAMPLES), "tokenizer_mismatches": mismatches}
+
+
+def prompt_ids(hf_tokenizer, messages=PROBE) -> list[int]:
+    return list(hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False))
+
+
+def greedy_gguf(llm, ids: list[int], n: int = GREEDY_TOKENS) -> list[int]:
+    """Plain argmax decoding (no sampler chain), stopping at end-of-generation like HF generate."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        if token == llm.token_eos():
+            break
+        llm.eval([token])
+    return out
+
+
+def greedy_hf(model, hf_tokenizer, ids: list[int], n: int = GREEDY_TOKENS) -> tuple[list[int], list]:
+    """Greedy tokens from the PyTorch model, with each step's logits (to judge a divergence)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=hf_tokenizer.pad_token_id
+                             if hf_tokenizer.pad_token_id is not None else hf_tokenizer.eos_token_id)
+    return out.sequences[0, len(ids):].tolist(), [s[0] for s in out.scores]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def compare_greedy(ours: list[int], ref: list[int], ref_logits: list | None = None) -> dict:
+    prefix = common_prefix(ours, ref)
+    identical = ours == ref
+    result = {"tokens": len(ref), "common_prefix": prefix, "identical": identical}
+    if not identical and ref_logits is not None and prefix < len(ref_logits):
+        # How close the PyTorch model itself was to choosing the GGUF's token at the split point.
+        step = ref_logits[prefix]
+        if prefix < len(ours):
+            result["margin_at_divergence"] = round(float(step[ref[prefix]] - step[ours[prefix]]), 4)
+    need = min(GREEDY_MIN_PREFIX, len(ref), len(ours))
+    result["passed"] = identical or prefix >= need
+    return result
+
+
+def greedy_check(f16_llm, model, hf_tokenizer) -> dict:
+    ids = prompt_ids(hf_tokenizer)
+    ref, logits = greedy_hf(model, hf_tokenizer, ids)
+    ours = greedy_gguf(f16_llm, ids)
+    return compare_greedy(ours, ref, logits) | {"gguf_text": hf_tokenizer.decode(ours)[:200],
+                                               "pytorch_text": hf_tokenizer.decode(ref)[:200],
+                                               "gguf_ids": ours, "pytorch_ids": ref}
+
+
+def ppl_sequences(rows: list[dict], hf_tokenizer, max_tokens: int, max_len: int) -> list[tuple[list[int], int]]:
+    """(ids, start of the response) for test rows in chat format, up to `max_tokens` tokens in all.
+    Prompt and response both cost a forward pass but only the response is scored, so rows with the
+    shortest prompts go first (ties in file order): more scored tokens for the same time."""
+    candidates = []
+    for row in rows:
+        user = [{"role": "user", "content": row["prompt"]}]
+        head = prompt_ids(hf_tokenizer, user)
+        full = list(hf_tokenizer.apply_chat_template(user + [{"role": "assistant", "content": row["response"]}],
+                                                     tokenize=True, return_dict=False))
+        if full[:len(head)] != head or len(head) >= max_len - 1:
+            continue  # a template that rewrites the prompt once answered, or a prompt longer than the window
+        candidates.append((full[:max_len], len(head)))
+    out, total = [], 0
+    for full, start in sorted(candidates, key=lambda c: c[1]):
+        room = max_tokens - total
+        if room <= start + 1:
+            break
+        out.append((full[:room], start))
+        total += len(full[:room])
+    return out
+
+
+def perplexity(llm, sequences: list[tuple[list[int], int]]) -> dict:
+    """exp(mean NLL) of the response tokens given the prompt, from llama.cpp's logits."""
+    import numpy as np
+
+    nll, count = 0.0, 0
+    for ids, start in sequences:
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[start - 1:len(ids) - 1], dtype=np.float64)
+        peak = logits.max(axis=1, keepdims=True)
+        logz = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        targets = np.asarray(ids[start:])
+        nll += float((logz - logits[np.arange(len(targets)), targets]).sum())
+        count += len(targets)
+    if not count:
+        raise click.ClickException("perplexity check: no test row fits the context window")
+    return {"ppl": round(math.exp(nll / count), 4), "tokens": count, "rows": len(sequences)}
+
+
+def timed(fn, *args, **kwargs):
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, round(time.monotonic() - start, 2)
