@@ -146,6 +146,11 @@ def ppl_sequences(rows: list[dict], hf_tokenizer, max_tokens: int, max_len: int)
             break
         out.append((full[:room], start))
         total += len(full[:room])
+    if candidates and not out:
+        shortest = min(c[1] for c in candidates)
+        raise click.ClickException(f"params.yaml: export.ppl_tokens {max_tokens} is below the shortest test prompt "
+                                   f"in chat format ({shortest} tokens) plus one reply token; raise it, or set "
+                                   f"0 to skip the perplexity check")
     return out
 
 

@@ -223,7 +223,10 @@ def test_every_usable_quant_type_quantizes_loads_and_decodes(workdir, exported, 
 
 @pytest.mark.slow
 def test_f16_export_scores_one_perplexity(workdir, exported):
-    write_params(workdir, quant="f16", lora_only=False, ppl_tokens=128)
+    write_params(workdir, quant="f16", lora_only=False, ppl_tokens=32)
+    result = CliRunner().invoke(export.main, ["--params", "params.yaml"])
+    assert result.exit_code == 1 and "export.ppl_tokens 32 is below the shortest test prompt" in result.output
+    write_params(workdir, quant="f16", lora_only=False, ppl_tokens=256)
     result = CliRunner().invoke(export.main, ["--params", "params.yaml"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((workdir / "metrics" / "export.json").read_text())
