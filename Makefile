@@ -40,8 +40,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 # llama.cpp's converter, from the sdist of the pinned llama-cpp-python (same llama.cpp version).
-$(CONVERTER): $(STAMP)
+# Re-run when the fetcher changes (it decides what tools/ must hold); it returns at once when complete.
+$(CONVERTER): $(STAMP) duo/llamacpp_tools.py
 	$(PY) -m duo.llamacpp_tools
+	@touch $@
 
 cycle: setup
 	$(PY) -m duo.cycle

@@ -77,7 +77,7 @@ def deliver(verdict: dict) -> Path:
     record = {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest, "file": target.name}
     lora = Path("models/lora/adapter.gguf")
     if lora.exists():
-        shutil.copyfile(lora, DIST / "adapter.gguf")
+        records.copy_file(lora, DIST / "adapter.gguf")
         record["lora"] = {"file": "adapter.gguf", "sha256": hashlib.sha256(lora.read_bytes()).hexdigest()}
     else:
         (DIST / "adapter.gguf").unlink(missing_ok=True)
