@@ -112,6 +112,7 @@ class Finetune:
     quantization: Literal["auto", "none", "4bit"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     group_by_length: bool = True
+    padding_free: bool = False
     gradient_checkpointing: bool = False
     threads: int = 0
     seed: int = 42
