@@ -123,8 +123,10 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         learning_rate=p.lr,
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
-        per_device_train_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum,
+        # micro-batches of micro_batch_size rows accumulate to batch_size rows per step; the loss is
+        # normalised by the step's labelled tokens (num_items_in_batch), so the step is the same
+        per_device_train_batch_size=min(p.micro_batch_size, p.batch_size),
+        gradient_accumulation_steps=p.grad_accum * (p.batch_size // min(p.micro_batch_size, p.batch_size)),
         # padding-free cannot truncate (TRL); it is on only when no row needs it
         max_length=None if padding_free else p.max_length,
         padding_free=padding_free,

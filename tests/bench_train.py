@@ -102,11 +102,10 @@ def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, wor
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(finetune.to_conversations(rows)),
                          processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", **lora_cfg))
     start = time.monotonic()
-    trainer.train()
+    result = trainer.train()
     seconds = time.monotonic() - start
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": seconds, "steps": trainer.state.global_step, "gradient_checkpointing": config.gradient_checkpointing,
-            "bf16": bool(config.bf16), "final_loss": losses[-1] if losses else None}
+            "bf16": bool(config.bf16), "final_loss": result.training_loss}
 
 
 def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None = None) -> dict:
@@ -145,7 +144,7 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
 
             train_levers.score_labelled_positions_only = lambda: None
         m = duo_train(rows, Path(base), Path(work), json.loads(overrides))
-        out = {"seconds": m["train_seconds"], "steps": m["steps"], "final_loss": m["final_loss"],
+        out = {"seconds": m["train_seconds"], "steps": m["steps"], "mean_loss": m["train_loss"],
                "precision": m["precision"], "loss_curve": [h["loss"] for h in m["loss_curve"]]}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out))
@@ -187,11 +186,12 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
         "train.flops_per_token": round(flops / tokens / 1e6, 1) * 1e6,
         "train.h2h_rows": len(rows), "train.h2h_tokens": tokens, "train.h2h_labelled_tokens": sum(comps),
         "train.plain_tokens_per_s": round(tokens / plain["seconds"], 1),
-        "train.plain_settings": (f"SFTTrainer defaults: fp32={not plain['bf16']}, gradient_checkpointing="
-                                 f"{plain['gradient_checkpointing']}, padded to the longest row, random batches"),
-        "train.plain_final_loss": plain["final_loss"],
+        "train.plain_settings": (f"SFTTrainer defaults: bf16={plain['bf16']}, gradient_checkpointing="
+                                 f"{plain['gradient_checkpointing']}, random batches padded to their longest row, "
+                                 "LM head over every position"),
+        "train.plain_mean_loss": round(plain["final_loss"], 4),
         "train.h2h_duo_tokens_per_s": round(tokens / duo["seconds"], 1),
-        "train.h2h_duo_final_loss": duo["final_loss"],
+        "train.h2h_duo_mean_loss": duo["mean_loss"],
         "train.speedup_vs_trl": round(plain["seconds"] / duo["seconds"], 2),
         "train.precision": duo["precision"],
         "memory.peak_rss_mb.train_plain": plain["peak_rss_mb"],
@@ -217,7 +217,8 @@ def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, d
     """Each lever switched off alone (or on, for those off by default), same rows: before/after."""
     out = {"train.levers.default_tokens_per_s": round(tokens / default["seconds"], 1),
            "train.levers.default_losses": default["loss_curve"]}
-    for name, overrides in {"fp32": {"precision": "fp32"}, "no_padding_free": {"padding_free": False},
+    for name, overrides in {"fp32": {"precision": "fp32"}, "padding_free": {"padding_free": True},
+                            "micro_batch_8": {"micro_batch_size": 8},
                             "no_group_by_length": {"group_by_length": False},
                             "gradient_checkpointing": {"gradient_checkpointing": True}}.items():
         run = run_child("duo", base, data, n_rows, work, overrides)

@@ -92,6 +92,35 @@ def test_scoring_labelled_positions_only_is_exact(monkeypatch):
         torch.testing.assert_close(grads_compact[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_micro_batches_sum_to_the_full_batch_step():
+    """batch_size rows as micro-batches: with the loss normalised by the whole step's labelled tokens
+    (what Trainer passes as num_items_in_batch), the summed gradients equal the full batch's."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = _model()
+    collate = DataCollatorForLanguageModeling(pad_token_id=0)
+    examples = _examples()
+    _, full = _loss_and_grads(model, collate(examples))
+    n_items = sum(sum(label != -100 for label in e["labels"][1:]) for e in examples)
+    summed: dict = {}
+    for part in (examples[:2], examples[2:]):
+        model.zero_grad()
+        model(**collate(part), fused_lm_head=True, num_items_in_batch=n_items).loss.backward()
+        for name, p in model.named_parameters():
+            summed[name] = summed.get(name, 0) + p.grad
+    for name, grad in full.items():
+        torch.testing.assert_close(summed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_micro_batch_must_divide_batch():
+    from duo.params import Finetune
+
+    Finetune(batch_size=8, micro_batch_size=4).check()
+    Finetune(batch_size=2, micro_batch_size=4).check()  # small batches run whole
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        Finetune(batch_size=8, micro_batch_size=3).check()
+
+
 def test_padding_free_only_without_truncation():
     from duo.train_levers import use_padding_free
 
