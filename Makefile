@@ -20,7 +20,7 @@ help:
 	@echo "make cycle     one turn of the loop (sets up .venv first)"
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
-	@echo "make bench     measure (service concurrency, resume) -> metrics/bench.json"
+	@echo "make bench     measure cycle, training, inference, service, curation -> metrics/bench.json (~15 min)"
 	@echo "make setup     only create/update the environment"
 
 setup: $(STAMP) $(CONVERTER)

@@ -184,43 +184,62 @@ def _workspace(cycle_ran: bool, need_model: bool) -> Path:
     return clone
 
 
-def run(sections: list[str]) -> dict:
-    from tests import bench_cycle, bench_infer, bench_train
-
+def run(sections: list[str], save=lambda figures: None) -> tuple[dict, dict]:
+    """Runs the sections in order; `save` gets the figures so far after each one (a failed section
+    keeps the others' figures). Returns figures and errors."""
     figures: dict = {}
     timings: dict = {}
-    cycle_train = cycle_infer = None
+    errors: dict = {}
+    state: dict = {"train": None, "infer": None}
     for section in SECTIONS:
         if section not in sections:
             continue
         start = time.monotonic()
-        if section == "cycle":
-            got = bench_cycle.bench_cycle()
-            cycle_train, cycle_infer = got.pop("cycle.train"), got.pop("cycle.infer")
-        elif section == "train":
-            clone = _workspace(cycle_train is not None, need_model=False)
-            got = bench_train.bench_train(clone / "models" / "base", clone / "data" / "train.jsonl",
-                                          bench_cycle.WORK, cycle_train=cycle_train,
-                                          levers="levers" in sections)
-        elif section == "infer":
-            clone = _workspace(cycle_infer is not None, need_model=True)
-            got = bench_infer.bench_infer(clone, cycle_infer=cycle_infer)
-        elif section == "service":
-            got = bench_service()
-        else:
-            got = bench_curate()
+        try:
+            got = _section(section, sections, state)
+        except Exception as exc:  # keep going: one broken section must not lose the others' figures
+            errors[section] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+            print(f"bench: {section} FAILED: {errors[section]}", flush=True)
+            got = {}
         timings[section] = round(time.monotonic() - start, 1)
         figures.update(got)
         print(f"bench: {section} done in {timings[section]} s", flush=True)
-    # peak RSS per stage of the cycle, and of the bench's own runs, under one key
-    rss = figures.pop("memory.peak_rss_mb", None) or {}
+        figures["bench.section_s"] = timings
+        save(_tidy(dict(figures)))
+    figures["bench.load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return _tidy(figures), errors
+
+
+def _tidy(figures: dict) -> dict:
+    """Peak RSS per stage of the cycle and of the bench's own runs, under one key."""
+    rss = dict(figures.pop("memory.peak_rss_mb", None) or {})
     for key in [k for k in figures if k.startswith("memory.peak_rss_mb.")]:
         rss[key.removeprefix("memory.peak_rss_mb.")] = figures.pop(key)
     if rss:
         figures["memory.peak_rss_mb"] = rss
-    figures["bench.section_s"] = timings
-    figures["bench.load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     return figures
+
+
+def _section(section: str, sections: list[str], state: dict) -> dict:
+    from tests import bench_cycle, bench_infer, bench_train
+
+    cycle_train, cycle_infer = state["train"], state["infer"]
+    if section == "cycle":
+        got = bench_cycle.bench_cycle()
+        state["train"], state["infer"] = got.pop("cycle.train"), got.pop("cycle.infer")
+    elif section == "train":
+        clone = _workspace(cycle_train is not None, need_model=False)
+        got = bench_train.bench_train(clone / "models" / "base", clone / "data" / "train.jsonl",
+                                      bench_cycle.WORK, cycle_train=cycle_train,
+                                      levers="levers" in sections)
+    elif section == "infer":
+        clone = _workspace(cycle_infer is not None, need_model=True)
+        got = bench_infer.bench_infer(clone, cycle_infer=cycle_infer)
+    elif section == "service":
+        got = bench_service()
+    else:
+        got = bench_curate()
+    return got
 
 
 def main() -> None:
@@ -234,13 +253,18 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown bench section(s) {unknown}; choose from {list(SECTIONS)} (+ levers with train)")
     results = records.read_json(OUT, default={}) or {}
-    figures = run(sections)
-    results.update(figures)
-    records.write_json(OUT, results)
+
+    def save(figures: dict) -> None:
+        records.write_json(OUT, {**results, **figures})
+
+    figures, errors = run(sections, save)
+    save(figures)
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     print(f"-> {OUT}")
+    if errors:
+        raise SystemExit(f"bench: failed sections: {', '.join(errors)} (figures of the others are saved)")
 
 
 if __name__ == "__main__":
