@@ -36,3 +36,21 @@ def score_labelled_positions_only() -> None:
 def use_padding_free(wanted: bool, lengths: list[int], max_length: int) -> bool:
     """Padding-free needs no truncation: TRL refuses to truncate without packing."""
     return wanted and bool(lengths) and max(lengths) <= max_length
+
+
+def return_freed_memory() -> None:
+    """Allocate large tensors with mmap so freeing them returns the memory to the system at once.
+
+    glibc raises its mmap threshold each time a large block is freed, after which activations of
+    every shape come from the heap and fragment it: a 4-epoch run grew to 5.4 GB peak RSS although
+    one step holds ~2.5 GB. Fixing the threshold at glibc's initial 128 KiB keeps the peak at what one
+    step needs (measured: 2.7 GB vs 3.2 GB after 3 steps, resident 1.3 GB vs 3.0 GB). No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass

@@ -112,6 +112,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
     dataset = Dataset.from_list(to_conversations(rows))
     padding_free = train_levers.use_padding_free(p.padding_free, lengths, p.max_length)
     train_levers.score_labelled_positions_only()
+    train_levers.return_freed_memory()
 
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
                       target_modules=p.lora.target_modules, task_type="CAUSAL_LM")
