@@ -21,7 +21,7 @@ help:
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
 	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
-	@echo "make bench     measure (service concurrency, resume) -> metrics/bench.json"
+	@echo "make bench     measure cycle, training, inference, service, curation -> metrics/bench.json (~15 min)"
 	@echo "make report    reports/cycle-<t>.html: scores, cost, break-even (opens offline)"
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"

@@ -109,17 +109,23 @@ class Finetune:
     max_steps: int = -1
     lr: float = 5e-4
     batch_size: int = 8
+    micro_batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 1024
     loss: Literal["completion", "sequence"] = "completion"
     quantization: Literal["auto", "none", "4bit"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     group_by_length: bool = True
+    padding_free: bool = False
     gradient_checkpointing: bool = False
     threads: int = 0
     seed: int = 42
     save_steps: int = 10
     lora: Lora = field(default_factory=Lora)
+
+    def check(self):
+        if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
+            raise ValueError("micro_batch_size must divide batch_size")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from duo import checkpoints
 from duo import params as params_mod
 from duo import progress
 from duo import records
+from duo import train_levers
 
 BASE = Path("models/base")
 OUT = Path("models/adapter")
@@ -111,6 +112,9 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
                for c in to_conversations(rows)]
     truncated = sum(n > p.max_length for n in lengths)
     dataset = Dataset.from_list(to_conversations(rows))
+    padding_free = train_levers.use_padding_free(p.padding_free, lengths, p.max_length)
+    train_levers.score_labelled_positions_only()
+    train_levers.return_freed_memory()
 
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
                       target_modules=p.lora.target_modules, task_type="CAUSAL_LM")
@@ -123,9 +127,13 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         learning_rate=p.lr,
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
-        per_device_train_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum,
-        max_length=p.max_length,
+        # micro-batches of micro_batch_size rows accumulate to batch_size rows per step; the loss is
+        # normalised by the step's labelled tokens (num_items_in_batch), so the step is the same
+        per_device_train_batch_size=min(p.micro_batch_size, p.batch_size),
+        gradient_accumulation_steps=p.grad_accum * (p.batch_size // min(p.micro_batch_size, p.batch_size)),
+        # padding-free cannot truncate (TRL); it is on only when no row needs it
+        max_length=None if padding_free else p.max_length,
+        padding_free=padding_free,
         completion_only_loss=p.loss == "completion",
         train_sampling_strategy="group_by_length" if p.group_by_length else "random",
         logging_steps=1,
@@ -183,6 +191,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         "device": device,
         "quantized_4bit": quant,
         "precision": "bf16" if bf16 else "fp32",
+        "padding_free": padding_free,
     }
 
 

@@ -4,7 +4,10 @@ service: 400 judge calls through the evaluate stage's code against a loopback Op
 server answering each call after 500 ms, at concurrency 16 (ideal 400 x 0.5 s / 16 = 12.5 s); then
 the same stage again, answered from the journal.
 
-Run: python -m tests.bench
+cycle, train, infer: tests/bench_cycle.py, tests/bench_train.py, tests/bench_infer.py (their docstrings
+say what is measured and how).
+
+Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate]   (no argument: all but levers)
 """
 from __future__ import annotations
 
@@ -103,7 +106,6 @@ def synthetic_rows(n: int, seen: int, test: int, dup_share: float, overlap_share
 
 def bench_curate(n: int = 300_000, seen: int = 10_000, test: int = 1_000) -> dict:
     """Runs in a child process so that its peak RSS is its own."""
-    import resource
     import subprocess
     import sys
 
@@ -112,11 +114,12 @@ def bench_curate(n: int = 300_000, seen: int = 10_000, test: int = 1_000) -> dic
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    figures["curate.peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     return figures
 
 
 def _curate_child(n: int, seen: int, test: int) -> None:
+    import resource
+
     from duo import curate
     from duo.params import Curate
 
@@ -149,7 +152,94 @@ def _curate_child(n: int, seen: int, test: int) -> None:
                       "curate.kept": len(kept), "curate.removed": report["removed"],
                       "curate.lsh_candidates": report["lsh_candidates"],
                       "curate.naive_rouge_pairs_per_s": round(1 / per_pair),
-                      "curate.naive_extrapolated_s": round(naive), "curate.speedup_vs_naive": round(naive / seconds)}))
+                      "curate.naive_extrapolated_s": round(naive), "curate.speedup_vs_naive": round(naive / seconds),
+                      "curate.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+SECTIONS = ("cycle", "train", "infer", "service", "curate")
+
+
+def _workspace(cycle_ran: bool, need_model: bool) -> Path:
+    """The scratch clone the train and infer benches read: the bench's own cycle's, or (a section run
+    alone) one made here with the base model, the split and, for infer, a 2-step adapter and its GGUF."""
+    import subprocess
+    import sys
+
+    from tests import bench_cycle
+
+    clone = bench_cycle.WORK / "clone"
+    if not cycle_ran and not (clone / "models" / "base" / "config.json").exists():
+        bench_cycle.fresh_clone(clone, with_tools=True)
+    steps = [("base", clone / "models" / "base" / "config.json"), ("prepare", clone / "data" / "train.jsonl")]
+    if need_model:
+        steps += [("finetune", clone / "models" / "adapter"), ("export", clone / "models" / "student.gguf")]
+    quick = clone / ".bench-params.yaml"
+    quick.write_text((clone / "params.yaml").read_text().replace("max_steps: -1", "max_steps: 2", 1))
+    for stage, out in steps:
+        if not out.exists():
+            proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(quick)], cwd=clone,
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"stages.{stage} failed in {clone}:\n{proc.stderr[-3000:]}")
+    return clone
+
+
+def run(sections: list[str], save=lambda figures: None) -> tuple[dict, dict]:
+    """Runs the sections in order; `save` gets the figures so far after each one (a failed section
+    keeps the others' figures). Returns figures and errors."""
+    figures: dict = {}
+    timings: dict = {}
+    errors: dict = {}
+    state: dict = {"train": None, "infer": None}
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        start = time.monotonic()
+        try:
+            got = _section(section, sections, state)
+        except Exception as exc:  # keep going: one broken section must not lose the others' figures
+            errors[section] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+            print(f"bench: {section} FAILED: {errors[section]}", flush=True)
+            got = {}
+        timings[section] = round(time.monotonic() - start, 1)
+        figures.update(got)
+        print(f"bench: {section} done in {timings[section]} s", flush=True)
+        figures["bench.section_s"] = timings
+        save(_tidy(dict(figures)))
+    figures["bench.load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return _tidy(figures), errors
+
+
+def _tidy(figures: dict) -> dict:
+    """Peak RSS per stage of the cycle and of the bench's own runs, under one key."""
+    rss = dict(figures.pop("memory.peak_rss_mb", None) or {})
+    for key in [k for k in figures if k.startswith("memory.peak_rss_mb.")]:
+        rss[key.removeprefix("memory.peak_rss_mb.")] = figures.pop(key)
+    if rss:
+        figures["memory.peak_rss_mb"] = rss
+    return figures
+
+
+def _section(section: str, sections: list[str], state: dict) -> dict:
+    from tests import bench_cycle, bench_infer, bench_train
+
+    cycle_train, cycle_infer = state["train"], state["infer"]
+    if section == "cycle":
+        got = bench_cycle.bench_cycle()
+        state["train"], state["infer"] = got.pop("cycle.train"), got.pop("cycle.infer")
+    elif section == "train":
+        clone = _workspace(cycle_train is not None, need_model=False)
+        got = bench_train.bench_train(clone / "models" / "base", clone / "data" / "train.jsonl",
+                                      bench_cycle.WORK, cycle_train=cycle_train,
+                                      levers="levers" in sections)
+    elif section == "infer":
+        clone = _workspace(cycle_infer is not None, need_model=True)
+        got = bench_infer.bench_infer(clone, cycle_infer=cycle_infer)
+    elif section == "service":
+        got = bench_service()
+    else:
+        got = bench_curate()
+    return got
 
 
 def main() -> None:
@@ -158,15 +248,23 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--curate-child":
         _curate_child(*map(int, sys.argv[2:5]))
         return
+    sections = sys.argv[1:] or list(SECTIONS)
+    unknown = sorted(set(sections) - set(SECTIONS) - {"levers"})
+    if unknown:
+        raise SystemExit(f"unknown bench section(s) {unknown}; choose from {list(SECTIONS)} (+ levers with train)")
     results = records.read_json(OUT, default={}) or {}
-    figures = bench_service()
-    figures.update(bench_curate())
-    results.update(figures)
-    records.write_json(OUT, results)
+
+    def save(figures: dict) -> None:
+        records.write_json(OUT, {**results, **figures})
+
+    figures, errors = run(sections, save)
+    save(figures)
     width = max(map(len, figures))
     for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     print(f"-> {OUT}")
+    if errors:
+        raise SystemExit(f"bench: failed sections: {', '.join(errors)} (figures of the others are saved)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""Inference throughput for `make bench`: duo's infer stage (llama.cpp on the exported GGUF, K samples
+per prompt) against naive per-prompt Hugging Face `generate` (base + adapter merged, fp32, one sample at
+a time), on the same test prompts, same K, max_tokens, temperature and top_p. Tokens are generated
+tokens, each side counting its own (sampled lengths differ); prompt processing counts in both.
+
+Run: python -m tests.bench infer
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _child(kind: str, clone: str, n_prompts: int) -> None:
+    import resource
+
+    from duo import params as params_mod
+    from duo import records
+    from stages import infer
+
+    os.chdir(clone)
+    params = params_mod.load("params.yaml")
+    p = params.infer
+    test = records.read_records("data/test.jsonl", infer.FIELDS, unique="id")
+    by_task: dict[str, list[dict]] = {}
+    for row in test:
+        by_task.setdefault(row["task"], []).append(row)
+    prompts = [rows[i] for i in range(len(test)) for rows in by_task.values() if i < len(rows)][:n_prompts]
+    if kind == "duo":
+        backend = infer.LlamaCppBackend(infer.GGUF, p)
+    else:
+        backend = infer.TransformersBackend(infer.GGUF, p)  # merged base + adapter, per-prompt generate
+    start = time.monotonic()
+    rows, metrics = infer.run(prompts, backend, p, params.cycle)
+    seconds = time.monotonic() - start
+    print(json.dumps({"seconds": seconds, "tokens": metrics["completion_tokens"], "responses": len(rows),
+                      "threads": __import__("torch").get_num_threads() if kind == "hf" else p.threads or os.cpu_count(),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def _run(kind: str, clone: Path, n_prompts: int) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "tests.bench_infer", kind, str(clone), str(n_prompts)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} inference failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_infer(clone: Path, n_prompts: int = 4, cycle_infer: dict | None = None) -> dict:
+    """`clone` holds models/base, models/adapter, models/student.gguf and data/test.jsonl."""
+    duo = _run("duo", clone, n_prompts)
+    hf = _run("hf", clone, n_prompts)
+    duo_tps, hf_tps = duo["tokens"] / duo["seconds"], hf["tokens"] / hf["seconds"]
+    figures = {
+        "infer.h2h_prompts": n_prompts, "infer.h2h_responses": duo["responses"],
+        "infer.h2h_duo_tokens_per_s": round(duo_tps, 1), "infer.h2h_duo_tokens": duo["tokens"],
+        "infer.hf_tokens_per_s": round(hf_tps, 1), "infer.hf_tokens": hf["tokens"],
+        "infer.speedup_vs_hf": round(duo_tps / hf_tps, 2),
+        "memory.peak_rss_mb.infer_hf": hf["peak_rss_mb"],
+    }
+    if cycle_infer and cycle_infer.get("tokens_per_s"):
+        figures["infer.tokens_per_s"] = cycle_infer["tokens_per_s"]
+        figures["infer.tokens_per_s_source"] = (f"the default cycle's infer stage ({cycle_infer['responses']} "
+                                                f"responses, {cycle_infer['completion_tokens']} tokens)")
+    else:
+        figures["infer.tokens_per_s"] = round(duo_tps, 1)
+        figures["infer.tokens_per_s_source"] = f"the head-to-head run ({duo['responses']} responses)"
+    return figures
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,252 @@
+"""Training throughput for `make bench`: the machine's matmul peak, duo's finetune against a plain TRL
+script on the same rows, and model-FLOP utilisation.
+
+Tokens are real tokens (no padding), counted the same way for both runs: the chat-templated length of
+every row trained on. Both runs see the same rows once (one epoch of a fixed subset), so the count is
+exact.
+
+FLOPs per row of l tokens, c of them labelled (the response), for LoRA on a frozen base (no weight
+gradients for frozen weights):
+  4 * N_linear * l           frozen linear layers: forward 2N, backward activation gradients 2N
+  + 6 * L * d * l^2 / 2      attention scores and values, causal: forward 2 matmuls, backward 4
+  + 6 * P_lora * l           LoRA A and B: forward, activation and weight gradients
+  + 4 * V * d * c            LM head on the labelled positions (forward, activation gradients)
+Recomputation and wasted work (padding, scoring unlabelled positions) are not counted: MFU is the
+useful work per second over the measured peak.
+
+Run: python -m tests.bench train
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FORMULA = ("flops/row = 4*N_linear*l + 6*L*d*l^2/2 + 6*P_lora*l + 4*V*d*c "
+           "(l tokens, c labelled; frozen base: no weight gradients)")
+
+
+def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
+    """GFLOP/s of torch.matmul on n x n matrices, best of 1-s windows over `seconds`."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    torch.matmul(a, b)
+    best, end = 0.0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            torch.matmul(a, b)
+            reps += 1
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def row_flops(config, lora_params: int, l: int, c: int) -> float:
+    d, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * getattr(config, "head_dim", d // config.num_attention_heads)
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * config.intermediate_size  # q, o; k, v; gate, up, down
+    n_linear = layers * per_layer
+    return (4 * n_linear * l + 6 * layers * d * l * l / 2 + 6 * lora_params * l
+            + 4 * config.vocab_size * d * c)
+
+
+def subset(rows: list[dict], n: int) -> list[dict]:
+    """n rows spread over tasks (round robin in file order), so every length class is present."""
+    by_task: dict[str, list[dict]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    out, i = [], 0
+    while len(out) < min(n, len(rows)):
+        for task_rows in by_task.values():
+            if i < len(task_rows) and len(out) < n:
+                out.append(task_rows[i])
+        i += 1
+    return out
+
+
+def token_counts(rows: list[dict], base: Path) -> tuple[list[int], list[int]]:
+    """Per row: templated length and labelled (completion) length, as TRL tokenizes them."""
+    from transformers import AutoTokenizer
+
+    from stages import finetune
+
+    tok = AutoTokenizer.from_pretrained(base)
+    lens, comps = [], []
+    for c in finetune.to_conversations(rows):
+        full = tok.apply_chat_template(c["prompt"] + c["completion"], tokenize=True, return_dict=False)
+        prompt = tok.apply_chat_template(c["prompt"], tokenize=True, return_dict=False, add_generation_prompt=True)
+        lens.append(len(full))
+        comps.append(len(full) - len(prompt))
+    return lens, comps
+
+
+def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, work: Path) -> dict:
+    """The plain script: SFTTrainer with its defaults on the same rows and LoRA config."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from stages import finetune
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = SFTConfig(output_dir=str(work / "plain"), per_device_train_batch_size=batch_size, num_train_epochs=1,
+                       report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=42)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(finetune.to_conversations(rows)),
+                         processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", **lora_cfg))
+    start = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - start
+    return {"seconds": seconds, "steps": trainer.state.global_step, "gradient_checkpointing": config.gradient_checkpointing,
+            "bf16": bool(config.bf16), "final_loss": result.training_loss}
+
+
+def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None = None) -> dict:
+    """duo's own finetune.train with the shipped defaults (params.yaml), one epoch of `rows`."""
+    import yaml
+
+    from duo import params as params_mod
+    from stages import finetune
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["finetune"].update({"epochs": 1.0, "max_steps": -1, **(overrides or {})})
+    p = params_mod.build(params_mod.Params, raw, "", "params.yaml (bench)").finetune
+    metrics = finetune.train(rows, p, base, work / "duo-adapter", log=lambda *_: None)
+    return metrics
+
+
+def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: str) -> None:
+    """One run in a fresh process (its own peak RSS, no warm caches from another run)."""
+    import resource
+
+    from duo import records
+    from stages import finetune
+
+    rows = subset(records.read_records(data, finetune.FIELDS, unique="id"), n_rows)
+    import yaml
+
+    lora = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["lora"]
+    r = 16 if lora["r"] == "auto" else lora["r"]
+    lora_cfg = {"r": r, "lora_alpha": 2 * r if lora["alpha"] == "auto" else lora["alpha"],
+                "lora_dropout": lora["dropout"], "target_modules": lora["target_modules"]}
+    if kind == "plain":
+        out = plain_trl(rows, Path(base), lora_cfg, 8, Path(work))
+    else:
+        if kind == "duo-all-positions":  # the lever off: TRL's own CPU behaviour
+            from duo import train_levers
+
+            train_levers.score_labelled_positions_only = lambda: None
+        m = duo_train(rows, Path(base), Path(work), json.loads(overrides))
+        out = {"seconds": m["train_seconds"], "steps": m["steps"], "mean_loss": m["train_loss"],
+               "precision": m["precision"], "loss_curve": [h["loss"] for h in m["loss_curve"]]}
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(out))
+
+
+def run_child(kind: str, base: Path, data: Path, n_rows: int, work: Path, overrides: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "tests.bench_train", kind, str(base), str(data), str(n_rows),
+                           str(work), json.dumps(overrides or {})], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} training failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_train: dict | None = None,
+                levers: bool = False) -> dict:
+    """Head-to-head on `n_rows` rows (one epoch, batch 8) plus MFU; `cycle_train` is the default cycle's
+    metrics/train.json when the cycle ran in this bench (its tokens/s is the figure for the full run)."""
+    import torch
+    from transformers import AutoConfig
+
+    from duo import records
+    from stages import finetune
+
+    peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
+    rows = subset(records.read_records(data, finetune.FIELDS, unique="id"), n_rows)
+    lens, comps = token_counts(rows, base)
+    config = AutoConfig.from_pretrained(base)
+    lora = yaml_lora()
+    lora_params = lora_param_count(config, lora)
+    flops = sum(row_flops(config, lora_params, l, c) for l, c in zip(lens, comps))
+    tokens = sum(lens)
+
+    plain = run_child("plain", base, data, n_rows, work)
+    duo = run_child("duo", base, data, n_rows, work)
+    figures = {
+        "train.peak_gflops_fp32": round(peak32, 1), "train.peak_gflops_bf16": round(peak16, 1),
+        "train.threads": torch.get_num_threads(),
+        "train.flops_formula": FORMULA,
+        "train.flops_per_token": round(flops / tokens / 1e6, 1) * 1e6,
+        "train.h2h_rows": len(rows), "train.h2h_tokens": tokens, "train.h2h_labelled_tokens": sum(comps),
+        "train.plain_tokens_per_s": round(tokens / plain["seconds"], 1),
+        "train.plain_settings": (f"SFTTrainer defaults: bf16={plain['bf16']}, gradient_checkpointing="
+                                 f"{plain['gradient_checkpointing']}, random batches padded to their longest row, "
+                                 "LM head over every position"),
+        "train.plain_mean_loss": round(plain["final_loss"], 4),
+        "train.h2h_duo_tokens_per_s": round(tokens / duo["seconds"], 1),
+        "train.h2h_duo_mean_loss": duo["mean_loss"],
+        "train.speedup_vs_trl": round(plain["seconds"] / duo["seconds"], 2),
+        "train.precision": duo["precision"],
+        "memory.peak_rss_mb.train_plain": plain["peak_rss_mb"],
+        "memory.peak_rss_mb.train_duo": duo["peak_rss_mb"],
+    }
+    tps = tokens / duo["seconds"]
+    if cycle_train and cycle_train.get("tokens_per_s"):
+        tps = cycle_train["tokens_per_s"]
+        figures["train.tokens_per_s_source"] = "the default cycle's finetune (metrics/train.json)"
+        figures["train.loss_curve_first_last"] = [cycle_train["loss_curve"][0]["loss"], cycle_train["final_loss"]]
+    else:
+        figures["train.tokens_per_s_source"] = f"the head-to-head run ({len(rows)} rows, one epoch)"
+    figures["train.tokens_per_s"] = round(tps, 1)
+    flops_per_s = tps * flops / tokens
+    figures["train.mfu"] = round(flops_per_s / (peak32 * 1e9), 3)
+    figures["train.mfu_vs_bf16_peak"] = round(flops_per_s / (peak16 * 1e9), 3)
+    if levers:
+        figures.update(bench_levers(base, data, work, n_rows, tokens, duo))
+    return figures
+
+
+def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, default: dict) -> dict:
+    """Each lever switched off alone (or on, for those off by default), same rows: before/after."""
+    out = {"train.levers.default_tokens_per_s": round(tokens / default["seconds"], 1),
+           "train.levers.default_losses": default["loss_curve"]}
+    for name, overrides in {"fp32": {"precision": "fp32"}, "padding_free": {"padding_free": True},
+                            "micro_batch_8": {"micro_batch_size": 8},
+                            "no_group_by_length": {"group_by_length": False},
+                            "gradient_checkpointing": {"gradient_checkpointing": True}}.items():
+        run = run_child("duo", base, data, n_rows, work, overrides)
+        out[f"train.levers.{name}_tokens_per_s"] = round(tokens / run["seconds"], 1)
+        out[f"train.levers.{name}_losses"] = run["loss_curve"]
+    run = run_child("duo-all-positions", base, data, n_rows, work)
+    out["train.levers.lm_head_all_positions_tokens_per_s"] = round(tokens / run["seconds"], 1)
+    out["train.levers.lm_head_all_positions_losses"] = run["loss_curve"]
+    return out
+
+
+def yaml_lora() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["lora"]
+
+
+def lora_param_count(config, lora: dict) -> int:
+    d = config.hidden_size
+    kv = config.num_key_value_heads * getattr(config, "head_dim", d // config.num_attention_heads)
+    shapes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+              "gate_proj": (d, config.intermediate_size), "up_proj": (d, config.intermediate_size),
+              "down_proj": (config.intermediate_size, d)}
+    r = 16 if lora["r"] == "auto" else int(lora["r"])
+    modules = lora["target_modules"]
+    modules = list(shapes) if modules in ("all-linear", ["all-linear"]) else modules
+    return config.num_hidden_layers * sum(r * sum(shapes[m]) for m in modules if m in shapes)
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])

@@ -1,0 +1,129 @@
+"""The training speed levers change nothing but speed: a padding-free (packed) batch gives the same
+loss and gradients as the padded batch of the same rows, with the loss on the response only, and
+scoring only labelled positions in the LM head equals scoring them all. Tiny random Llama, CPU."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval()
+    add_fused_lm_head(model, outputs=("log_probs",))
+    return model
+
+
+def _examples():
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for length, prompt in ((11, 7), (5, 2), (17, 12)):  # mixed lengths; labels on the response only
+        ids = torch.randint(3, 97, (length,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return out
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch, fused_lm_head=True)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _batches():
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(_examples())
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(_examples())
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    return padded, packed
+
+
+def test_padding_free_batch_equals_padded_batch():
+    model = _model()
+    padded, packed = _batches()
+    loss_pad, grads_pad = _loss_and_grads(model, padded)
+    loss_pack, grads_pack = _loss_and_grads(model, packed)
+    # same labelled tokens on both sides (the collator masks each row's first token when packing)
+    assert int((padded["labels"][:, 1:] != -100).sum()) == int((packed["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(loss_pack, loss_pad, rtol=1e-5, atol=1e-6)
+    for name, grad in grads_pad.items():
+        torch.testing.assert_close(grads_pack[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_rows_do_not_attend_across_boundaries():
+    """A packed row's loss must not change when its neighbour's tokens change."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = _model()
+    examples = _examples()
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    with torch.no_grad():
+        first = model(**collate(examples), fused_lm_head=True).log_probs
+        examples[0]["input_ids"] = [(t + 5) % 97 for t in examples[0]["input_ids"]]
+        second = model(**collate(examples), fused_lm_head=True).log_probs
+    n0 = len(examples[0]["input_ids"])
+    torch.testing.assert_close(second[:, n0:], first[:, n0:], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(second[:, :n0], first[:, :n0])
+
+
+def test_scoring_labelled_positions_only_is_exact(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    from duo import train_levers
+
+    model = _model()
+    padded, _ = _batches()
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    assert trl_utils._use_triton(torch.device("cpu")) is False
+    loss_all, grads_all = _loss_and_grads(model, padded)
+    train_levers.score_labelled_positions_only()
+    assert trl_utils._use_triton(torch.device("cpu")) is True
+    loss_compact, grads_compact = _loss_and_grads(model, padded)
+    torch.testing.assert_close(loss_compact, loss_all, rtol=1e-6, atol=1e-7)
+    for name, grad in grads_all.items():
+        torch.testing.assert_close(grads_compact[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_micro_batches_sum_to_the_full_batch_step():
+    """batch_size rows as micro-batches: with the loss normalised by the whole step's labelled tokens
+    (what Trainer passes as num_items_in_batch), the summed gradients equal the full batch's."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = _model()
+    collate = DataCollatorForLanguageModeling(pad_token_id=0)
+    examples = _examples()
+    _, full = _loss_and_grads(model, collate(examples))
+    n_items = sum(sum(label != -100 for label in e["labels"][1:]) for e in examples)
+    summed: dict = {}
+    for part in (examples[:2], examples[2:]):
+        model.zero_grad()
+        model(**collate(part), fused_lm_head=True, num_items_in_batch=n_items).loss.backward()
+        for name, p in model.named_parameters():
+            summed[name] = summed.get(name, 0) + p.grad
+    for name, grad in full.items():
+        torch.testing.assert_close(summed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_micro_batch_must_divide_batch():
+    from duo.params import Finetune
+
+    Finetune(batch_size=8, micro_batch_size=4).check()
+    Finetune(batch_size=2, micro_batch_size=4).check()  # small batches run whole
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        Finetune(batch_size=8, micro_batch_size=3).check()
+
+
+def test_padding_free_only_without_truncation():
+    from duo.train_levers import use_padding_free
+
+    assert use_padding_free(True, [10, 20], 20)
+    assert not use_padding_free(True, [10, 21], 20)
+    assert not use_padding_free(False, [10], 20)
