@@ -81,7 +81,9 @@ def test_scoring_labelled_positions_only_is_exact(monkeypatch):
 
     model = _model()
     padded, _ = _batches()
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    # start from TRL's own function even if a finetune earlier in this process installed the lever
+    original = getattr(trl_utils._use_triton, "__wrapped__", trl_utils._use_triton)
+    monkeypatch.setattr(trl_utils, "_use_triton", original)  # restored after the test
     assert trl_utils._use_triton(torch.device("cpu")) is False
     loss_all, grads_all = _loss_and_grads(model, padded)
     train_levers.score_labelled_positions_only()
