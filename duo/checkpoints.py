@@ -33,14 +33,6 @@ KEEP = 2  # the newest two: if the newest is damaged after all, the one before s
 NOT_IN_KEY = ("save_steps", "threads")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_key(rows: list[dict], finetune: dict, base: Path) -> str:
     """A hash of what decides the training run: rows (in order), finetune params, base model bytes."""
     h = hashlib.sha256()
@@ -49,7 +41,7 @@ def run_key(rows: list[dict], finetune: dict, base: Path) -> str:
     for row in rows:
         h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode() + b"\n")
     for f in sorted(p for p in Path(base).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(base)}\0{file_sha256(f)}\n".encode())
+        h.update(f"{f.relative_to(base)}\0{records.file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -67,7 +59,7 @@ def seal(folder: Path, step: int) -> None:
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-        files[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
+        files[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": records.file_sha256(f)}
     records.write_json(folder / MARKER, {"step": step, "files": files})
     _fsync_dir(folder)
 
@@ -91,7 +83,7 @@ def verify(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != want["size"]:
             return f"{name} is {size} bytes, the marker says {want['size']} (truncated?)"
-        if file_sha256(path) != want["sha256"]:
+        if records.file_sha256(path) != want["sha256"]:
             return f"{name} does not match its checksum (corrupt)"
     return None
 

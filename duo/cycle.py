@@ -9,7 +9,6 @@ Run: python -m duo.cycle [--converge]
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -73,12 +72,12 @@ def deliver(verdict: dict) -> Path:
     target = DIST / "student.gguf"
     records.copy_file("models/student.gguf", target)
     records.copy_file("models/Modelfile", DIST / "Modelfile")
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    digest = records.file_sha256(target)
     record = {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest, "file": target.name}
     lora = Path("models/lora/adapter.gguf")
     if lora.exists():
         records.copy_file(lora, DIST / "adapter.gguf")
-        record["lora"] = {"file": "adapter.gguf", "sha256": hashlib.sha256(lora.read_bytes()).hexdigest()}
+        record["lora"] = {"file": "adapter.gguf", "sha256": records.file_sha256(lora)}
     else:
         (DIST / "adapter.gguf").unlink(missing_ok=True)
     # The card written at export could not know the evaluation (it runs later): rewrite it with the

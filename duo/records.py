@@ -1,6 +1,7 @@
 """JSONL and JSON files: strict reading with `path:line: reason`, atomic writing."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -221,6 +222,15 @@ def copy_file(src: str | Path, dest: str | Path) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(data), binary=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (GGUFs and checkpoints do not fit comfortably in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

@@ -281,7 +281,7 @@ def html(data: dict, images: dict[str, bytes]) -> str:
             f'<p>Service calls since cycle {data["cycles"][0]["cycle"] if data["cycles"] else data["cycle"]}: '
             f"<b>{_esc(total)}</b>. Local work (training, export, inference) is not billed.</p>",
             _table(["cycle", "prompt tokens", "completion tokens", "cost"], per_cycle),
-            f"<p>This cycle by stage:</p>" + _table(["stage:model", "calls", "prompt tokens", "completion tokens",
+            "<p>This cycle by stage:</p>" + _table(["stage:model", "calls", "prompt tokens", "completion tokens",
                                                       "cost"], stages),
             "<h2>Break-even: service vs. local box</h2>",
             f'<div class="verdict none" data-metric="breakeven.months" data-value="{_esc(json.dumps(be["months"]))}">'

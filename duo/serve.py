@@ -9,7 +9,6 @@ Run: python -m duo.serve [--model PATH] [--host H] [--port P]   (env: SERVE_MODE
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import sys
@@ -46,11 +45,7 @@ def provenance(path: Path) -> str:
     deliverable = records.read_json(DELIVERABLE)
     if not deliverable:
         return "no deliverable yet: the gate has not passed (see `duo status`)"
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() == deliverable.get("sha256"):
+    if records.file_sha256(path) == deliverable.get("sha256"):
         return f"the deliverable of cycle {deliverable.get('cycle')} (gate passed)"
     return f"not the deliverable ({DELIVERABLE} holds cycle {deliverable.get('cycle')}'s model)"
 

@@ -10,7 +10,6 @@ Run: python -m stages.base
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import shutil
 import tempfile
@@ -24,14 +23,6 @@ from duo import progress
 from duo import records
 
 OUT = Path("models/base")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_source(source: str, allow_hub: bool):
@@ -59,7 +50,7 @@ def load_source(source: str, allow_hub: bool):
         model.tie_weights()
         provenance = {"source": source, "package": package,
                       "package_version": importlib.metadata.version(package),
-                      "file": gguf.name, "sha256": _sha256(gguf)}
+                      "file": gguf.name, "sha256": records.file_sha256(gguf)}
     else:
         local = Path(source).expanduser()
         if not local.is_dir() and not allow_hub:

@@ -8,9 +8,6 @@ models/adapter/ and metrics/train.json)
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import shutil
 import tempfile
 import time

@@ -7,7 +7,6 @@ data/predictions.jsonl, metrics/infer.json)
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 

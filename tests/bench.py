@@ -20,7 +20,6 @@ from pathlib import Path
 from duo import records, service
 from duo.params import Judge
 from stages import evaluate
-from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "metrics" / "bench.json"

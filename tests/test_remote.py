@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project
+from tests.conftest import copy_project
 from tests.test_pipeline import MICRO, git_commit, micro_coverage, set_params
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from click.testing import CliRunner

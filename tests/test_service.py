@@ -1,6 +1,4 @@
 """The service layer against a real loopback HTTP server speaking the OpenAI API."""
-import json
-import threading
 import time
 
 import pytest
@@ -163,7 +161,6 @@ def test_torn_journal_line_is_ignored(provider):
 
 def test_concurrency_is_bounded(provider):
     provider.delay_s = 0.2
-    in_flight, peak, lock = [0], [0], threading.Lock()
     provider.default = (200, "ok", {})
     with make(provider, concurrency=3) as svc:
         svc.map([req(i) for i in range(12)])
