@@ -31,9 +31,12 @@ class LlamaCppBackend:
     def __init__(self, path: Path, p):
         import llama_cpp
 
+        from duo import local_llm
+
         self.p = p
         self.truncated: set[int] = set()  # hashes of prompts cut to fit (each counted once, not K times)
-        self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, n_threads=p.threads or None, verbose=False,
+        self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, n_threads=local_llm.threads_for(p.threads),
+                                   n_threads_batch=local_llm.threads_for(p.threads), verbose=False,
                                    seed=p.seed)
 
     def fit(self, prompt: str) -> str:

@@ -19,21 +19,29 @@ Run: python -m tests.bench train
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PLAIN_BUDGET_S = 90.0  # the defaults run at bf16 emulation speed on CPUs without bf16 math
 FORMULA = ("flops/row = 4*N_linear*l + 6*L*d*l^2/2 + 6*P_lora*l + 4*V*d*c "
            "(l tokens, c labelled; frozen base: no weight gradients)")
 
 
 def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
-    """GFLOP/s of torch.matmul on n x n matrices, best of 1-s windows over `seconds`."""
+    """GFLOP/s of torch.matmul on n x n matrices, best of 1-s windows over `seconds`. Where one product
+    takes over 0.2 s (bf16 without bf16 hardware falls back to a scalar kernel) n drops to 512."""
     import torch
 
     dt = getattr(torch, dtype)
+    probe = torch.randn(256, 256, dtype=dt)
+    t0 = time.perf_counter()
+    torch.matmul(probe, probe)
+    if (time.perf_counter() - t0) * (n / 256) ** 3 > 0.2:
+        n = 512
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
     torch.matmul(a, b)
     best, end = 0.0, time.monotonic() + seconds
@@ -85,8 +93,11 @@ def token_counts(rows: list[dict], base: Path) -> tuple[list[int], list[int]]:
     return lens, comps
 
 
-def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, work: Path) -> dict:
-    """The plain script: SFTTrainer with its defaults on the same rows and LoRA config."""
+def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, work: Path, *,
+              bf16: bool | None = None, budget_s: float = 0.0) -> dict:
+    """The plain script: SFTTrainer with its defaults on the same rows and LoRA config (`bf16=False`:
+    the same with autocast off). Speed counts the real (unpadded) tokens of the batches it took. With
+    `budget_s`, a run still going at the budget is stopped and reports an upper bound of its speed."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -97,15 +108,48 @@ def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, wor
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    extra = {} if bf16 is None else {"bf16": bf16}
     config = SFTConfig(output_dir=str(work / "plain"), per_device_train_batch_size=batch_size, num_train_epochs=1,
-                       report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=42)
+                       report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=42, **extra)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(finetune.to_conversations(rows)),
                          processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", **lora_cfg))
+    seen = {"tokens": 0, "rows": 0}
+    collate = trainer.data_collator
+
+    def counting(examples):
+        seen["tokens"] += sum(len(e["input_ids"]) for e in examples)
+        seen["rows"] += len(examples)
+        return collate(examples)
+
+    trainer.data_collator = counting
+
+    def out_of_time():
+        # One step can outlast the whole budget (bf16 emulation: minutes per step): stop the process and
+        # report an upper bound, the tokens of every batch taken (the last one unfinished) over the time.
+        import resource
+
+        print(json.dumps({"seconds": time.monotonic() - start, "steps": trainer.state.global_step,
+                          "gradient_checkpointing": config.gradient_checkpointing, "bf16": bool(config.bf16),
+                          "final_loss": None, "tokens": seen["tokens"], "rows_seen": seen["rows"],
+                          "stopped_by_budget": True, "upper_bound": True,
+                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
+              flush=True)
+        os._exit(0)
+
+    import threading
+
+    timer = threading.Timer(budget_s, out_of_time) if budget_s else None
     start = time.monotonic()
+    if timer:
+        timer.daemon = True
+        timer.start()
     result = trainer.train()
+    if timer:
+        timer.cancel()
     seconds = time.monotonic() - start
     return {"seconds": seconds, "steps": trainer.state.global_step, "gradient_checkpointing": config.gradient_checkpointing,
-            "bf16": bool(config.bf16), "final_loss": result.training_loss}
+            "bf16": bool(config.bf16), "final_loss": result.training_loss, "tokens": seen["tokens"],
+            "rows_seen": seen["rows"], "stopped_by_budget": seen["rows"] < len(rows), "upper_bound": False}
 
 
 def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None = None) -> dict:
@@ -116,7 +160,9 @@ def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None =
     from stages import finetune
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["finetune"].update({"epochs": 1.0, "max_steps": -1, **(overrides or {})})
+    overrides = dict(overrides or {})
+    raw["finetune"]["lora"].update(overrides.pop("lora", {}))
+    raw["finetune"].update({"epochs": 1.0, "max_steps": -1, **overrides})
     p = params_mod.build(params_mod.Params, raw, "", "params.yaml (bench)").finetune
     metrics = finetune.train(rows, p, base, work / "duo-adapter", log=lambda *_: None)
     return metrics
@@ -136,8 +182,10 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     r = 16 if lora["r"] == "auto" else lora["r"]
     lora_cfg = {"r": r, "lora_alpha": 2 * r if lora["alpha"] == "auto" else lora["alpha"],
                 "lora_dropout": lora["dropout"], "target_modules": lora["target_modules"]}
-    if kind == "plain":
-        out = plain_trl(rows, Path(base), lora_cfg, 8, Path(work))
+    if kind.startswith("plain"):
+        opts = json.loads(overrides)
+        out = plain_trl(rows, Path(base), lora_cfg, 8, Path(work), bf16=opts.get("bf16"),
+                        budget_s=opts.get("budget_s", 0.0))
     else:
         if kind == "duo-all-positions":  # the lever off: TRL's own CPU behaviour
             from duo import train_levers
@@ -177,24 +225,40 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     flops = sum(row_flops(config, lora_params, l, c) for l, c in zip(lens, comps))
     tokens = sum(lens)
 
-    plain = run_child("plain", base, data, n_rows, work)
+    # TRL's defaults turn on bf16 autocast wherever torch allows it, also on CPUs without bf16 math,
+    # where it is several times slower than fp32: bounded by a time budget, and measured again with
+    # autocast off (the stronger plain baseline) so the speed-up does not rest on that alone.
+    plain = run_child("plain", base, data, n_rows, work, {"budget_s": PLAIN_BUDGET_S})
+    plain32 = run_child("plain", base, data, n_rows, work, {"bf16": False})
     duo = run_child("duo", base, data, n_rows, work)
+    plain_tps, plain32_tps = plain["tokens"] / plain["seconds"], plain32["tokens"] / plain32["seconds"]
+    duo_tps = tokens / duo["seconds"]
     figures = {
         "train.peak_gflops_fp32": round(peak32, 1), "train.peak_gflops_bf16": round(peak16, 1),
         "train.threads": torch.get_num_threads(),
         "train.flops_formula": FORMULA,
         "train.flops_per_token": round(flops / tokens / 1e6, 1) * 1e6,
         "train.h2h_rows": len(rows), "train.h2h_tokens": tokens, "train.h2h_labelled_tokens": sum(comps),
-        "train.plain_tokens_per_s": round(tokens / plain["seconds"], 1),
+        "train.plain_tokens_per_s": round(plain_tps, 1),
         "train.plain_settings": (f"SFTTrainer defaults: bf16={plain['bf16']}, gradient_checkpointing="
                                  f"{plain['gradient_checkpointing']}, random batches padded to their longest row, "
                                  "LM head over every position"),
-        "train.plain_mean_loss": round(plain["final_loss"], 4),
-        "train.h2h_duo_tokens_per_s": round(tokens / duo["seconds"], 1),
+        "train.plain_rows_seen": plain["rows_seen"],
+        "train.plain_stopped_by_budget_s": PLAIN_BUDGET_S if plain["stopped_by_budget"] else None,
+        # stopped mid-step: tokens of every batch taken over the time, so the speed-up is a lower bound
+        "train.plain_tokens_per_s_is_upper_bound": plain["upper_bound"],
+        "train.speedup_vs_trl_is_lower_bound": plain["upper_bound"],
+        "train.plain_mean_loss": plain["final_loss"] and round(plain["final_loss"], 4),
+        "train.plain_fp32_tokens_per_s": round(plain32_tps, 1),
+        "train.plain_fp32_tokens_counted": plain32["tokens"],
+        "train.plain_fp32_mean_loss": round(plain32["final_loss"], 4),
+        "train.h2h_duo_tokens_per_s": round(duo_tps, 1),
         "train.h2h_duo_mean_loss": duo["mean_loss"],
-        "train.speedup_vs_trl": round(plain["seconds"] / duo["seconds"], 2),
+        "train.speedup_vs_trl": round(duo_tps / plain_tps, 2),
+        "train.speedup_vs_trl_fp32": round(duo_tps / plain32_tps, 2),
         "train.precision": duo["precision"],
         "memory.peak_rss_mb.train_plain": plain["peak_rss_mb"],
+        "memory.peak_rss_mb.train_plain_fp32": plain32["peak_rss_mb"],
         "memory.peak_rss_mb.train_duo": duo["peak_rss_mb"],
     }
     tps = tokens / duo["seconds"]
@@ -206,8 +270,10 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
         figures["train.tokens_per_s_source"] = f"the head-to-head run ({len(rows)} rows, one epoch)"
     figures["train.tokens_per_s"] = round(tps, 1)
     flops_per_s = tps * flops / tokens
-    figures["train.mfu"] = round(flops_per_s / (peak32 * 1e9), 3)
+    # against the peak of the precision the training ran in; both are kept
+    figures["train.mfu_vs_fp32_peak"] = round(flops_per_s / (peak32 * 1e9), 3)
     figures["train.mfu_vs_bf16_peak"] = round(flops_per_s / (peak16 * 1e9), 3)
+    figures["train.mfu"] = figures[f"train.mfu_vs_{duo['precision']}_peak"]
     if levers:
         figures.update(bench_levers(base, data, work, n_rows, tokens, duo))
     return figures
@@ -220,7 +286,9 @@ def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, d
     for name, overrides in {"fp32": {"precision": "fp32"}, "padding_free": {"padding_free": True},
                             "micro_batch_8": {"micro_batch_size": 8},
                             "no_group_by_length": {"group_by_length": False},
-                            "gradient_checkpointing": {"gradient_checkpointing": True}}.items():
+                            "gradient_checkpointing": {"gradient_checkpointing": True},
+                            # not a free lever: it drops LoRA dropout (a regulariser); measured for the README
+                            "lora_dropout_0": {"lora": {"dropout": 0.0}}}.items():
         run = run_child("duo", base, data, n_rows, work, overrides)
         out[f"train.levers.{name}_tokens_per_s"] = round(tokens / run["seconds"], 1)
         out[f"train.levers.{name}_losses"] = run["loss_curve"]

@@ -99,3 +99,22 @@ def test_busy_port_is_a_clean_error(gguf):
         result = CliRunner().invoke(serve.main, ["--model", str(gguf), "--port", str(port)])
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_all_cores_by_default_and_the_same_text_as_one_thread(gguf):
+    """`threads: 0` resolves to every core for decoding too (llama-cpp-python alone decodes on half);
+    sampled text at a fixed seed does not depend on the thread count, so the speed-up changes no result."""
+    import llama_cpp
+
+    assert local_llm.threads_for(0) == local_llm.cores() and local_llm.threads_for(3) == 3
+    cmd = local_llm.server_command(gguf, host="127.0.0.1", port=1)
+    assert cmd[cmd.index("--n_threads") + 1] == str(local_llm.cores())
+    texts = []
+    for threads in (1, local_llm.threads_for(0)):
+        llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False,
+                              chat_format=local_llm.EMBEDDED)
+        texts.append([llm.create_chat_completion([{"role": "user", "content": q}], max_tokens=40, temperature=0.7,
+                                                 top_p=0.9, seed=7)["choices"][0]["message"]["content"]
+                      for q in ("Name one colour of the sky.", "Summarize: the cat sat on the mat all day.")])
+        del llm
+    assert texts[0] == texts[1] and all(texts[0])
