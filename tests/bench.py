@@ -183,10 +183,25 @@ def _workspace(cycle_ran: bool, need_model: bool) -> Path:
     return clone
 
 
+def machine() -> dict:
+    """What the figures depend on: they are comparable only between runs on the same kind of machine."""
+    info = {"cores": len(os.sched_getaffinity(0)), "cpu": None, "bf16_hardware": False}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                            if line.startswith("model name")), None)
+        info["bf16_hardware"] = " avx512_bf16" in text or " amx_bf16" in text
+        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        info["memory_gb"] = round(int(mem.split()[1]) / 1024 ** 2, 1)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
 def run(sections: list[str], save=lambda figures: None) -> tuple[dict, dict]:
     """Runs the sections in order; `save` gets the figures so far after each one (a failed section
     keeps the others' figures). Returns figures and errors."""
-    figures: dict = {}
+    figures: dict = {"bench.machine": machine()}
     timings: dict = {}
     errors: dict = {}
     state: dict = {"train": None, "infer": None}
