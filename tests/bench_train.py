@@ -272,7 +272,8 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     flops_per_s = tps * flops / tokens
     # against the peak of the precision the training ran in; both are kept
     figures["train.mfu_vs_fp32_peak"] = round(flops_per_s / (peak32 * 1e9), 3)
-    figures["train.mfu_vs_bf16_peak"] = round(flops_per_s / (peak16 * 1e9), 3)
+    # without bf16 math (bf16 slower than fp32) nothing trains in bf16 and the ratio means nothing
+    figures["train.mfu_vs_bf16_peak"] = round(flops_per_s / (peak16 * 1e9), 3) if peak16 > peak32 else None
     figures["train.mfu"] = figures[f"train.mfu_vs_{duo['precision']}_peak"]
     if levers:
         figures.update(bench_levers(base, data, work, n_rows, tokens, duo))
