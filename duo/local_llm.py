@@ -33,6 +33,12 @@ def threads_for(threads: int) -> int:
     return threads or cores()
 
 
+def thread_kwargs(threads: int) -> dict:
+    """llama_cpp.Llama arguments: the same count for prompt batches and for decoding."""
+    n = threads_for(threads)
+    return {"n_threads": n, "n_threads_batch": n}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,7 +68,8 @@ def server_command(model: Path, *, host: str, port: int, n_ctx: int = 4096, thre
     """The llama_cpp.server command line; `chat_format=EMBEDDED` renders with the GGUF's own template."""
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", host,
            "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
-    cmd += ["--n_threads", str(threads_for(threads)), "--n_threads_batch", str(threads_for(threads))]
+    for key, n in thread_kwargs(threads).items():
+        cmd += [f"--{key}", str(n)]
     if chat_format:
         cmd += ["--chat_format", chat_format]
     if alias:

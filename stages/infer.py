@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from duo import local_llm
 from duo import params as params_mod
 from duo import progress
 from duo import records
@@ -31,13 +32,10 @@ class LlamaCppBackend:
     def __init__(self, path: Path, p):
         import llama_cpp
 
-        from duo import local_llm
-
         self.p = p
         self.truncated: set[int] = set()  # hashes of prompts cut to fit (each counted once, not K times)
-        self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, n_threads=local_llm.threads_for(p.threads),
-                                   n_threads_batch=local_llm.threads_for(p.threads), verbose=False,
-                                   seed=p.seed)
+        self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, verbose=False, seed=p.seed,
+                                   **local_llm.thread_kwargs(p.threads))
 
     def fit(self, prompt: str) -> str:
         """Policy for a prompt longer than the context: keep its head and tail, cut the middle, so

@@ -185,7 +185,9 @@ def _workspace(cycle_ran: bool, need_model: bool) -> Path:
 
 def machine() -> dict:
     """What the figures depend on: they are comparable only between runs on the same kind of machine."""
-    info = {"cores": len(os.sched_getaffinity(0)), "cpu": None, "bf16_hardware": False}
+    from duo import local_llm
+
+    info = {"cores": local_llm.cores(), "cpu": None, "bf16_hardware": False}
     try:
         text = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next((line.split(":", 1)[1].strip() for line in text.splitlines()

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from duo import local_llm
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,7 +42,7 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     rows, metrics = infer.run(prompts, backend, p, params.cycle)
     seconds = time.monotonic() - start
     print(json.dumps({"seconds": seconds, "tokens": metrics["completion_tokens"], "responses": len(rows),
-                      "threads": __import__("torch").get_num_threads() if kind == "hf" else p.threads or os.cpu_count(),
+                      "threads": __import__("torch").get_num_threads() if kind == "hf" else local_llm.threads_for(p.threads),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 

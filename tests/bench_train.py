@@ -1,9 +1,9 @@
 """Training throughput for `make bench`: the machine's matmul peak, duo's finetune against a plain TRL
 script on the same rows, and model-FLOP utilisation.
 
-Tokens are real tokens (no padding), counted the same way for both runs: the chat-templated length of
-every row trained on. Both runs see the same rows once (one epoch of a fixed subset), so the count is
-exact.
+Tokens are real tokens (no padding): for duo the chat-templated length of every row (one epoch of a
+fixed subset); for the plain script the same length of every row its collator took (one epoch too,
+unless the time budget stopped it).
 
 FLOPs per row of l tokens, c of them labelled (the response), for LoRA on a frozen base (no weight
 gradients for frozen weights):
@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -136,8 +137,6 @@ def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, wor
               flush=True)
         os._exit(0)
 
-    import threading
-
     timer = threading.Timer(budget_s, out_of_time) if budget_s else None
     start = time.monotonic()
     if timer:
@@ -149,7 +148,7 @@ def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, wor
     seconds = time.monotonic() - start
     return {"seconds": seconds, "steps": trainer.state.global_step, "gradient_checkpointing": config.gradient_checkpointing,
             "bf16": bool(config.bf16), "final_loss": result.training_loss, "tokens": seen["tokens"],
-            "rows_seen": seen["rows"], "stopped_by_budget": seen["rows"] < len(rows), "upper_bound": False}
+            "rows_seen": seen["rows"], "stopped_by_budget": False, "upper_bound": False}
 
 
 def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None = None) -> dict:
@@ -182,7 +181,7 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     r = 16 if lora["r"] == "auto" else lora["r"]
     lora_cfg = {"r": r, "lora_alpha": 2 * r if lora["alpha"] == "auto" else lora["alpha"],
                 "lora_dropout": lora["dropout"], "target_modules": lora["target_modules"]}
-    if kind.startswith("plain"):
+    if kind == "plain":
         opts = json.loads(overrides)
         out = plain_trl(rows, Path(base), lora_cfg, 8, Path(work), bf16=opts.get("bf16"),
                         budget_s=opts.get("budget_s", 0.0))

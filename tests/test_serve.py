@@ -108,11 +108,11 @@ def test_all_cores_by_default_and_the_same_text_as_one_thread(gguf):
 
     assert local_llm.threads_for(0) == local_llm.cores() and local_llm.threads_for(3) == 3
     cmd = local_llm.server_command(gguf, host="127.0.0.1", port=1)
-    assert cmd[cmd.index("--n_threads") + 1] == str(local_llm.cores())
+    assert cmd[cmd.index("--n_threads") + 1] == cmd[cmd.index("--n_threads_batch") + 1] == str(local_llm.cores())
     texts = []
     for threads in (1, local_llm.threads_for(0)):
-        llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False,
-                              chat_format=local_llm.EMBEDDED)
+        llm = llama_cpp.Llama(str(gguf), n_ctx=512, verbose=False, chat_format=local_llm.EMBEDDED,
+                              **local_llm.thread_kwargs(threads))
         texts.append([llm.create_chat_completion([{"role": "user", "content": q}], max_tokens=40, temperature=0.7,
                                                  top_p=0.9, seed=7)["choices"][0]["message"]["content"]
                       for q in ("Name one colour of the sky.", "Summarize: the cat sat on the mat all day.")])
