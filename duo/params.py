@@ -149,10 +149,13 @@ class Infer:
     seed: int = 42
     n_ctx: int = 2048
     threads: int = 0
+    parallel: int = 16
 
     def check(self):
         if self.k < 1:
             raise ValueError("k must be >= 1")
+        if self.parallel < 1:
+            raise ValueError("parallel must be >= 1")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """infer: K responses per test prompt from the exported GGUF through llama.cpp (what is judged is
-what ships); `infer.backend: transformers` runs base + adapter in PyTorch instead (GPU users).
+what ships), `infer.parallel` sequences decoded together (duo/llama_batch.py); `infer.backend:
+transformers` runs base + adapter in PyTorch instead (GPU users).
 
 Run: python -m stages.infer   (reads models/student.gguf, data/test.jsonl; writes
 data/predictions.jsonl, metrics/infer.json)
@@ -62,6 +63,25 @@ class LlamaCppBackend:
         choice = out["choices"][0]
         return choice["message"]["content"] or "", out["usage"]["completion_tokens"], choice["finish_reason"]
 
+    def generate_all(self, prompts: list[str], seeds: list[list[int]]):
+        """Every sample of every prompt through one continuously batched context (`infer.parallel`
+        sequences at once); yields (prompt index, sample index, text, tokens, finish reason)."""
+        from duo import llama_batch
+
+        jobs = []
+        for prompt, prompt_seeds in zip(prompts, seeds):
+            fitted = self.fit(prompt)
+            if fitted is not prompt:
+                self.truncated.add(hash(prompt))
+            text = local_llm.render_chat(self.llm, [{"role": "user", "content": fitted}])
+            jobs.append((self.llm.tokenize(text.encode("utf-8"), special=True), prompt_seeds))
+        gen = llama_batch.BatchedGenerator(self.llm, self.p.parallel, max(len(t) for t, _ in jobs), self.p.max_tokens)
+        try:
+            for i, j, sample in gen.generate(jobs, self.p.temperature, self.p.top_p):
+                yield i, j, sample.text, sample.tokens, sample.finish_reason
+        finally:
+            gen.close()
+
 
 class TransformersBackend:
     def __init__(self, _path: Path, p):
@@ -88,20 +108,31 @@ class TransformersBackend:
         return (self.tok.decode(new, skip_special_tokens=True), len(new), "stop" if finished else "length")
 
 
+def _samples(test: list[dict], backend, p):
+    """(prompt index, sample index, text, tokens, finish reason) in the order they finish."""
+    seeds = [[sample_seed(p.seed, row["id"], j) for j in range(p.k)] for row in test]
+    if p.parallel > 1 and hasattr(backend, "generate_all"):
+        yield from backend.generate_all([row["prompt"] for row in test], seeds)
+        return
+    for i, row in enumerate(test):
+        for j in range(p.k):
+            yield (i, j, *backend.generate(row["prompt"], seeds[i][j]))
+
+
 def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
-    rows, tokens, stopped = [], 0, 0
+    done, tokens, stopped = {}, 0, 0
     start = time.monotonic()
     bar = progress.bar(len(test) * p.k, "infer", unit="resp")
-    for row in test:
-        for j in range(p.k):
-            text, n, finish = backend.generate(row["prompt"], sample_seed(p.seed, row["id"], j))
-            tokens += n
-            stopped += finish == "stop"
-            rows.append({"prompt_id": row["id"], "sample_idx": j, "task": row["task"], "prompt": row["prompt"],
-                         "reference": row["response"], "response": text, "cycle": cycle,
-                         "tokens": n, "finish_reason": finish})
-            bar.update(1)
+    for i, j, text, n, finish in _samples(test, backend, p):
+        row = test[i]
+        tokens += n
+        stopped += finish == "stop"
+        done[i, j] = {"prompt_id": row["id"], "sample_idx": j, "task": row["task"], "prompt": row["prompt"],
+                      "reference": row["response"], "response": text, "cycle": cycle,
+                      "tokens": n, "finish_reason": finish}
+        bar.update(1)
     bar.close()
+    rows = [done[key] for key in sorted(done)]
     seconds = time.monotonic() - start
     return rows, {"responses": len(rows), "completion_tokens": tokens, "seconds": round(seconds, 1),
                   "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
@@ -120,7 +151,9 @@ def main(params_path: str) -> None:
     backend = (LlamaCppBackend if p.backend == "llama_cpp" else TransformersBackend)(GGUF, p)
     rows, metrics = run(test, backend, p, params.cycle)
     records.write_jsonl("data/predictions.jsonl", rows)
-    records.write_json("metrics/infer.json", {"cycle": params.cycle, "backend": p.backend, "k": p.k, **metrics})
+    parallel = p.parallel if p.backend == "llama_cpp" else 1
+    records.write_json("metrics/infer.json", {"cycle": params.cycle, "backend": p.backend, "k": p.k,
+                                              "parallel": parallel, **metrics})
     progress.summary("infer", f"{metrics['responses']} responses ({p.k} per prompt), {metrics['tokens_per_s']} tokens/s")
 
 
