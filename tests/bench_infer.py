@@ -1,5 +1,6 @@
 """Inference throughput for `make bench`: duo's infer stage (llama.cpp on the exported GGUF, K samples
-per prompt) against naive per-prompt Hugging Face `generate` (base + adapter merged, fp32, one sample at
+per prompt, `infer.parallel` sequences batched; also measured with one at a time) against naive
+per-prompt Hugging Face `generate` (base + adapter merged, fp32, one sample at
 a time), on the same test prompts, same K, max_tokens, temperature and top_p. Tokens are generated
 tokens, each side counting its own (sampled lengths differ); prompt processing counts in both.
 
@@ -34,7 +35,9 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     for row in test:
         by_task.setdefault(row["task"], []).append(row)
     prompts = [rows[i] for i in range(len(test)) for rows in by_task.values() if i < len(rows)][:n_prompts]
-    if kind == "duo":
+    if kind == "duo-sequential":  # the batching lever off: one sequence at a time, as llama-cpp-python does
+        p.parallel = 1
+    if kind.startswith("duo"):
         backend = infer.LlamaCppBackend(infer.GGUF, p)
     else:
         backend = infer.TransformersBackend(infer.GGUF, p)  # merged base + adapter, per-prompt generate
@@ -57,9 +60,14 @@ def _run(kind: str, clone: Path, n_prompts: int) -> dict:
 def bench_infer(clone: Path, n_prompts: int = 4, cycle_infer: dict | None = None) -> dict:
     """`clone` holds models/base, models/adapter, models/student.gguf and data/test.jsonl."""
     duo = _run("duo", clone, n_prompts)
+    seq = _run("duo-sequential", clone, n_prompts)
     hf = _run("hf", clone, n_prompts)
     duo_tps, hf_tps = duo["tokens"] / duo["seconds"], hf["tokens"] / hf["seconds"]
+    seq_tps = seq["tokens"] / seq["seconds"]
     figures = {
+        "infer.levers.parallel_tokens_per_s": round(duo_tps, 1),
+        "infer.levers.sequential_tokens_per_s": round(seq_tps, 1),
+        "infer.levers.parallel_speedup": round(duo_tps / seq_tps, 2),
         "infer.h2h_prompts": n_prompts, "infer.h2h_responses": duo["responses"],
         "infer.h2h_duo_tokens_per_s": round(duo_tps, 1), "infer.h2h_duo_tokens": duo["tokens"],
         "infer.hf_tokens_per_s": round(hf_tps, 1), "infer.hf_tokens": hf["tokens"],
