@@ -5,8 +5,10 @@ box has paid for itself.
 Model (every input is a `report.*` param or a measured figure):
 - service per month = (daily_tokens_in x input price + daily_tokens_out x output price) x days/month;
 - boxes = ceil(daily_tokens_out / (measured tokens/s x 86,400)): the local box must *generate* the
-  day's responses; the measured rate (metrics/infer.json, batch 1, prompts included) already pays for
-  reading the prompts of test-set length. At least one box;
+  day's responses; the measured rate (metrics/infer.json, prompts included) already pays for reading
+  the prompts of test-set length. It is the rate with `infer.parallel` sequences decoded together,
+  what a batching server reaches; `make serve` answers one request at a time (the rate of
+  `infer.parallel: 1`). At least one box;
 - local per month = boxes x hardware_watts x 24 h x usd_per_kwh x days/month (always on);
 - upfront = boxes x hardware_usd + what the migration has cost in service calls so far;
 - months = upfront / (service per month - local per month); "never" when that saving is <= 0.

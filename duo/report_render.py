@@ -288,8 +288,9 @@ def html(data: dict, images: dict[str, bytes]) -> str:
             f'{_esc(data["breakeven_sentence"])}</div>',
             "<table>" + "".join(f'<tr><td>{_esc(label)}</td><td data-breakeven="{_esc(key)}">{_esc(text)}</td></tr>'
                                 for label, key, text in breakeven_rows(be)) + "</table>",
-            '<p class="note">Throughput is the infer stage\'s batch-1 rate on the machine that ran it; a GPU box '
-            "is faster. Inputs: report.* in params.yaml.</p>",
+            '<p class="note">Throughput is the infer stage\'s rate on the machine that ran it, with infer.parallel '
+            "sequences decoded together (a server that answers one request at a time, like make serve, reaches "
+            "the rate of infer.parallel: 1); a GPU box is faster. Inputs: report.* in params.yaml.</p>",
             f"<h2>Best and worst responses (by {_esc(data['gate_score'])})</h2>",
             _examples(f"Best {len(data['best'])}", data["best"]),
             _examples(f"Worst {len(data['worst'])}", data["worst"]),

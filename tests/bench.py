@@ -23,6 +23,7 @@ from stages import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "metrics" / "bench.json"
+LAST_CYCLE = ROOT / ".bench" / "last_cycle.json"  # the last cycle section's finetune and infer metrics
 
 
 def bench_service(calls: int = 400, concurrency: int = 16, latency_s: float = 0.5) -> dict:
@@ -158,6 +159,15 @@ def _curate_child(n: int, seen: int, test: int) -> None:
 SECTIONS = ("cycle", "train", "infer", "service", "curate")
 
 
+def _last_cycle() -> dict:
+    from tests import bench_cycle
+
+    last = records.read_json(bench_cycle.WORK / "last_cycle.json", default=None)
+    if not last or not (bench_cycle.WORK / "clone" / "models" / "adapter").exists():
+        return {"train": None, "infer": None}
+    return {k: last[k] and {**last[k], "from_cycle_at": last["at"]} for k in ("train", "infer")}
+
+
 def _workspace(cycle_ran: bool, need_model: bool) -> Path:
     """The scratch clone the train and infer benches read: the bench's own cycle's, or (a section run
     alone) one made here with the base model, the split and, for infer, a 2-step adapter and its GGUF."""
@@ -206,7 +216,8 @@ def run(sections: list[str], save=lambda figures: None) -> tuple[dict, dict]:
     figures: dict = {"bench.machine": machine()}
     timings: dict = {}
     errors: dict = {}
-    state: dict = {"train": None, "infer": None}
+    # a section run alone uses the last bench cycle's own finetune and infer figures (labelled as such)
+    state: dict = {"train": None, "infer": None} if "cycle" in sections else _last_cycle()
     for section in SECTIONS:
         if section not in sections:
             continue
@@ -243,6 +254,8 @@ def _section(section: str, sections: list[str], state: dict) -> dict:
     if section == "cycle":
         got = bench_cycle.bench_cycle()
         state["train"], state["infer"] = got.pop("cycle.train"), got.pop("cycle.infer")
+        records.write_json(LAST_CYCLE, {"at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                        "train": state["train"], "infer": state["infer"]})
     elif section == "train":
         clone = _workspace(cycle_train is not None, need_model=False)
         got = bench_train.bench_train(clone / "models" / "base", clone / "data" / "train.jsonl",

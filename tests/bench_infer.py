@@ -77,7 +77,8 @@ def bench_infer(clone: Path, n_prompts: int = 4, cycle_infer: dict | None = None
     if cycle_infer and cycle_infer.get("tokens_per_s"):
         figures["infer.tokens_per_s"] = cycle_infer["tokens_per_s"]
         figures["infer.tokens_per_s_source"] = (f"the default cycle's infer stage ({cycle_infer['responses']} "
-                                                f"responses, {cycle_infer['completion_tokens']} tokens)")
+                                                f"responses, {cycle_infer['completion_tokens']} tokens)" + (
+            f", from the bench cycle of {cycle_infer['from_cycle_at']}" if cycle_infer.get("from_cycle_at") else ""))
     else:
         figures["infer.tokens_per_s"] = round(duo_tps, 1)
         figures["infer.tokens_per_s_source"] = f"the head-to-head run ({duo['responses']} responses)"

@@ -263,7 +263,8 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     tps = tokens / duo["seconds"]
     if cycle_train and cycle_train.get("tokens_per_s"):
         tps = cycle_train["tokens_per_s"]
-        figures["train.tokens_per_s_source"] = "the default cycle's finetune (metrics/train.json)"
+        figures["train.tokens_per_s_source"] = "the default cycle's finetune (metrics/train.json)" + (
+            f", from the bench cycle of {cycle_train['from_cycle_at']}" if cycle_train.get("from_cycle_at") else "")
         figures["train.loss_curve_first_last"] = [cycle_train["loss_curve"][0]["loss"], cycle_train["final_loss"]]
     else:
         figures["train.tokens_per_s_source"] = f"the head-to-head run ({len(rows)} rows, one epoch)"
