@@ -154,8 +154,8 @@ class Infer:
     def check(self):
         if self.k < 1:
             raise ValueError("k must be >= 1")
-        if self.parallel < 1:
-            raise ValueError("parallel must be >= 1")
+        if not 1 <= self.parallel <= 256:  # llama.cpp's LLAMA_MAX_SEQ
+            raise ValueError("parallel must be between 1 and 256")
 
 
 @dataclass

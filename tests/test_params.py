@@ -37,6 +37,8 @@ def test_mistyped_values_are_named(tmp_path):
         params.load(write(tmp_path, {"coverage": {"train_ratio": 1.5}}))
     with pytest.raises(params.ParamsError, match=r"'service' must be a mapping"):
         params.load(write(tmp_path, {"service": "openai/gpt-4o"}))
+    with pytest.raises(params.ParamsError, match=r"'infer'.*parallel must be between 1 and 256"):
+        params.load(write(tmp_path, {"infer": {"parallel": 0}}))
 
 
 def test_ints_accepted_for_floats_and_auto_for_lora(tmp_path):
