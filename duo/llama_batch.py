@@ -91,6 +91,7 @@ class BatchedGenerator:
             raise RuntimeError(f"llama_decode returned {rc} (KV cache of {self.capacity} cells full?)")
 
     def _cells(self, n_prompt: int, n_samples: int) -> int:
+        """KV cells a prompt and its samples may occupy: the prompt once, a full continuation each."""
         return n_prompt + n_samples * self.max_tokens
 
     def generate(self, jobs: list[tuple[list[int], list[int]]], temperature: float,
@@ -113,7 +114,7 @@ class BatchedGenerator:
                     job = queue[pos][0]
                     tokens, seeds = jobs[job]
                     samples = [s for j, s in queue[pos:pos + len(seeds)] if j == job][:len(self._free)]
-                    cells = len(tokens) + len(samples) * self.max_tokens
+                    cells = self._cells(len(tokens), len(samples))
                     if sum(self._reserved.values()) + cells > self.capacity:
                         break
                     self._reserved[job] = self._reserved.get(job, 0) + cells

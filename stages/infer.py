@@ -47,16 +47,14 @@ class LlamaCppBackend:
             budget = self.p.n_ctx // 2
         if len(tokens) <= budget:
             return prompt
+        self.truncated.add(hash(prompt))
         half = budget // 2 - 4  # room for the marker
         head = self.llm.detokenize(tokens[:half]).decode("utf-8", errors="ignore")
         tail = self.llm.detokenize(tokens[len(tokens) - half:]).decode("utf-8", errors="ignore")
         return f"{head}\n[...]\n{tail}"
 
     def generate(self, prompt: str, seed: int) -> tuple[str, int, str]:
-        fitted = self.fit(prompt)
-        if fitted is not prompt:
-            self.truncated.add(hash(prompt))
-            prompt = fitted
+        prompt = self.fit(prompt)
         # The K samples of one prompt run back to back, so llama.cpp reuses the prompt's KV cache.
         out = self.llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=self.p.max_tokens,
                                               temperature=self.p.temperature, top_p=self.p.top_p, seed=seed)
@@ -70,10 +68,7 @@ class LlamaCppBackend:
 
         jobs = []
         for prompt, prompt_seeds in zip(prompts, seeds):
-            fitted = self.fit(prompt)
-            if fitted is not prompt:
-                self.truncated.add(hash(prompt))
-            text = local_llm.render_chat(self.llm, [{"role": "user", "content": fitted}])
+            text = local_llm.render_chat(self.llm, [{"role": "user", "content": self.fit(prompt)}])
             jobs.append((self.llm.tokenize(text.encode("utf-8"), special=True), prompt_seeds))
         gen = llama_batch.BatchedGenerator(self.llm, self.p.parallel, max(len(t) for t, _ in jobs), self.p.max_tokens)
         try:

@@ -160,9 +160,10 @@ SECTIONS = ("cycle", "train", "infer", "service", "curate")
 
 
 def _last_cycle() -> dict:
+    """The last cycle section's finetune/infer metrics, while its clone (with that adapter) is still there."""
     from tests import bench_cycle
 
-    last = records.read_json(bench_cycle.WORK / "last_cycle.json", default=None)
+    last = records.read_json(LAST_CYCLE, default=None)
     if not last or not (bench_cycle.WORK / "clone" / "models" / "adapter").exists():
         return {"train": None, "infer": None}
     return {k: last[k] and {**last[k], "from_cycle_at": last["at"]} for k in ("train", "infer")}

@@ -1,8 +1,8 @@
 """Inference throughput for `make bench`: duo's infer stage (llama.cpp on the exported GGUF, K samples
 per prompt, `infer.parallel` sequences batched; also measured with one at a time) against naive
-per-prompt Hugging Face `generate` (base + adapter merged, fp32, one sample at
-a time), on the same test prompts, same K, max_tokens, temperature and top_p. Tokens are generated
-tokens, each side counting its own (sampled lengths differ); prompt processing counts in both.
+per-prompt Hugging Face `generate` (base + adapter merged, fp32, one sample at a time), on the same
+test prompts, same K, max_tokens, temperature and top_p. Tokens are generated tokens, each side counting
+its own (sampled lengths differ); prompt processing counts in both.
 
 Run: python -m tests.bench infer
 """
