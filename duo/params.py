@@ -109,7 +109,7 @@ class Finetune:
     max_steps: int = -1
     lr: float = 5e-4
     batch_size: int = 8
-    micro_batch_size: int = 4
+    micro_batch_size: Union[int, Literal["auto"]] = "auto"
     grad_accum: int = 1
     max_length: int = 1024
     loss: Literal["completion", "sequence"] = "completion"
@@ -124,6 +124,8 @@ class Finetune:
     lora: Lora = field(default_factory=Lora)
 
     def check(self):
+        if self.micro_batch_size == "auto":
+            return
         if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
             raise ValueError("micro_batch_size must divide batch_size")
 

@@ -79,6 +79,18 @@ def _bf16_fast(device: str) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def micro_batch(p, device: str) -> int:
+    """Rows per forward/backward. auto: the whole batch on a GPU (measured 1.44x faster for QLoRA on an
+    H200, memory is plentiful), at most 4 rows on a CPU (micro-batch 8 was 25% slower there: bigger
+    activations fall out of cache)."""
+    size = p.micro_batch_size
+    if size == "auto":
+        size = p.batch_size if device == "cuda" else 4
+        while p.batch_size % size:  # a batch_size that 4 does not divide
+            size -= 1
+    return min(size, p.batch_size)
+
+
 def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict:
     """Train a LoRA adapter on `rows`; write it (with chat template and resolved params) to `out`."""
     import torch
@@ -91,6 +103,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         torch.set_num_threads(p.threads)
     device, quant = _device_and_quant(p)
     r, alpha = lora_size(len(rows), p.lora.r, p.lora.alpha)
+    micro = micro_batch(p, device)
     bf16 = p.precision == "bf16" or (p.precision == "auto" and _bf16_fast(device))
     tokenizer = AutoTokenizer.from_pretrained(base)
     model_kwargs = {"dtype": torch.float32}
@@ -126,8 +139,8 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         warmup_steps=0.03,
         # micro-batches of micro_batch_size rows accumulate to batch_size rows per step; the loss is
         # normalised by the step's labelled tokens (num_items_in_batch), so the step is the same
-        per_device_train_batch_size=min(p.micro_batch_size, p.batch_size),
-        gradient_accumulation_steps=p.grad_accum * (p.batch_size // min(p.micro_batch_size, p.batch_size)),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=p.grad_accum * (p.batch_size // micro),
         # padding-free cannot truncate (TRL); it is on only when no row needs it
         max_length=None if padding_free else p.max_length,
         padding_free=padding_free,
@@ -160,7 +173,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         tokenizer.save_pretrained(work / "adapter")
         (work / "adapter" / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
         resolved = params_mod.as_dict(p) | {"lora_r": r, "lora_alpha": alpha, "device": device,
-                                            "quantized_4bit": quant, "rows": len(rows)}
+                                            "quantized_4bit": quant, "rows": len(rows), "micro_batch_size": micro}
         records.write_json(work / "adapter" / "duo_params.json", resolved)
         records.replace_dir(work / "adapter", out)
     finally:
@@ -187,6 +200,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         "lora_alpha": alpha,
         "device": device,
         "quantized_4bit": quant,
+        "micro_batch_size": micro,
         "precision": "bf16" if bf16 else "fp32",
         "padding_free": padding_free,
     }

@@ -114,6 +114,18 @@ def test_micro_batches_sum_to_the_full_batch_step():
         torch.testing.assert_close(summed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_micro_batch_auto_is_the_whole_batch_on_a_gpu_and_at_most_4_rows_on_a_cpu():
+    from duo.params import Finetune
+    from stages.finetune import micro_batch
+
+    assert micro_batch(Finetune(batch_size=8), "cuda") == 8
+    assert micro_batch(Finetune(batch_size=8), "cpu") == 4
+    assert micro_batch(Finetune(batch_size=6), "cpu") == 3  # divides the batch
+    assert micro_batch(Finetune(batch_size=2), "cpu") == 2
+    assert micro_batch(Finetune(batch_size=8, micro_batch_size=2), "cuda") == 2  # a set value is kept
+    assert micro_batch(Finetune(batch_size=2, micro_batch_size=4), "cpu") == 2
+
+
 def test_micro_batch_must_divide_batch():
     from duo.params import Finetune
 
