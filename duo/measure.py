@@ -15,6 +15,7 @@ import click
 import yaml
 
 from duo import gguf
+from duo import local_llm
 from duo import params as params_mod
 from duo import records
 
@@ -50,7 +51,7 @@ def main(sets: tuple[str, ...], out: str, max_tokens: int) -> None:
         gguf.merge(finetune.BASE, tmp / "adapter", tmp / "merged")
         gguf.convert(tmp / "merged", tmp / "f16.gguf", "f16")
         gguf.quantize(tmp / "f16.gguf", tmp / "q.gguf", params.export.quant)
-        llm = llama_cpp.Llama(str(tmp / "q.gguf"), n_ctx=2048, verbose=False, seed=0)
+        llm = llama_cpp.Llama(str(tmp / "q.gguf"), n_ctx=2048, verbose=False, seed=0, **local_llm.thread_kwargs(0))
         preds = []
         for row in test:
             reply = llm.create_chat_completion([{"role": "user", "content": row["prompt"]}],
