@@ -89,11 +89,11 @@ class TransformersBackend:
 
         self.p, self.torch = p, torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.tok = AutoTokenizer.from_pretrained("models/adapter")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained("models/base", dtype=self.dtype)
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained("models/base", dtype=dtype)
         self.model = PeftModel.from_pretrained(model, "models/adapter").merge_and_unload().to(self.device).eval()
 
     def _sampling(self) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import time
 from pathlib import Path
 
 from tests import bench_train
@@ -75,10 +74,7 @@ def _train(rows, work: Path, **finetune) -> dict:
 def _plain(rows, work: Path) -> dict:
     """The plain QLoRA script: SFTTrainer defaults, the 4-bit model loaded as duo loads it."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTConfig, SFTTrainer
+    from transformers import BitsAndBytesConfig
 
     from stages import finetune as stage
 
@@ -88,29 +84,12 @@ def _plain(rows, work: Path) -> dict:
     torch.cuda.reset_peak_memory_stats()
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.bfloat16, quantization_config=quant,
-                                                 device_map={"": 0})
-    tok = AutoTokenizer.from_pretrained(BASE)
-    config = SFTConfig(output_dir=str(work / "plain"), per_device_train_batch_size=p.batch_size, num_train_epochs=1,
-                       report_to="none", save_strategy="no", disable_tqdm=True, seed=42)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(stage.to_conversations(rows)),
-                         processing_class=tok,
-                         peft_config=LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
-                                                target_modules=p.lora.target_modules, task_type="CAUSAL_LM"))
-    seen = {"tokens": 0}
-    collate = trainer.data_collator
-
-    def counting(examples):
-        seen["tokens"] += sum(len(e["input_ids"]) for e in examples)
-        return collate(examples)
-
-    trainer.data_collator = counting
-    start = time.monotonic()
-    result = trainer.train()
-    seconds = time.monotonic() - start
-    return {"seconds": seconds, "tokens": seen["tokens"], "mean_loss": round(result.training_loss, 4),
-            "bf16": bool(config.bf16), "gradient_checkpointing": config.gradient_checkpointing,
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
+    out = bench_train.plain_trl(
+        rows, BASE, {"r": r, "lora_alpha": alpha, "lora_dropout": p.lora.dropout,
+                     "target_modules": p.lora.target_modules}, p.batch_size, work,
+        model_kwargs={"dtype": torch.bfloat16, "quantization_config": quant, "device_map": {"": 0}})
+    return out | {"mean_loss": round(out["final_loss"], 4),
+                  "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
 
 
 def _infer(test, parallel: int) -> tuple[list[dict], dict]:
@@ -126,11 +105,6 @@ def _infer(test, parallel: int) -> tuple[list[dict], dict]:
     del backend
     torch.cuda.empty_cache()
     return rows, metrics
-
-
-def mixed(rows: list[dict], n: int) -> list[dict]:
-    """n rows round robin over tasks, so short (classification) and long answers both count."""
-    return bench_train.subset(rows, n)
 
 
 SECTIONS = ("peak", "train", "h2h", "levers", "infer")
@@ -219,7 +193,7 @@ def main() -> None:
 
     if "infer" in sections:
         test = records.read_records(ROOT / "data" / "test.jsonl", infer.FIELDS, unique="id")
-        few = mixed(test, 12)
+        few = bench_train.subset(test, 12)  # round robin over tasks: short and long answers
         for parallel in (1, 16, 48):
             _, m = _infer(few, parallel)
             figures[f"gpu.infer.parallel_{parallel}_tokens_per_s"] = m["tokens_per_s"]

@@ -35,9 +35,7 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     for row in test:
         by_task.setdefault(row["task"], []).append(row)
     prompts = [rows[i] for i in range(len(test)) for rows in by_task.values() if i < len(rows)][:n_prompts]
-    if kind == "duo-sequential":  # the batching lever off: one sequence at a time, as llama-cpp-python does
-        p.parallel = 1
-    if kind == "hf":  # naive: one sample at a time
+    if kind in ("duo-sequential", "hf"):  # one sequence at a time: the batching lever off / naive generate
         p.parallel = 1
     if kind.startswith("duo"):
         backend = infer.LlamaCppBackend(infer.GGUF, p)

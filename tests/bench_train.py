@@ -95,10 +95,12 @@ def token_counts(rows: list[dict], base: Path) -> tuple[list[int], list[int]]:
 
 
 def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, work: Path, *,
-              bf16: bool | None = None, budget_s: float = 0.0) -> dict:
+              bf16: bool | None = None, budget_s: float = 0.0, model_kwargs: dict | None = None) -> dict:
     """The plain script: SFTTrainer with its defaults on the same rows and LoRA config (`bf16=False`:
     the same with autocast off). Speed counts the real (unpadded) tokens of the batches it took. With
-    `budget_s`, a run still going at the budget is stopped and reports an upper bound of its speed."""
+    `budget_s`, a run still going at the budget is stopped and reports an upper bound of its speed.
+    `model_kwargs` (from_pretrained's) load the model another way, e.g. 4-bit on a GPU (tests/bench_gpu.py);
+    without them it is fp32 on the CPU."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -108,10 +110,11 @@ def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, wor
     from stages import finetune
 
     tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, **(model_kwargs or {"dtype": torch.float32}))
     extra = {} if bf16 is None else {"bf16": bf16}
     config = SFTConfig(output_dir=str(work / "plain"), per_device_train_batch_size=batch_size, num_train_epochs=1,
-                       report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=42, **extra)
+                       report_to="none", save_strategy="no", use_cpu=model_kwargs is None, disable_tqdm=True,
+                       seed=42, **extra)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(finetune.to_conversations(rows)),
                          processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", **lora_cfg))
     seen = {"tokens": 0, "rows": 0}
