@@ -30,7 +30,7 @@ ROOT = Path(".duo/checkpoints")
 MARKER = "COMPLETE"
 KEEP = 2  # the newest two: if the newest is damaged after all, the one before still resumes
 # Params that do not change what is trained: a different value may resume the same run.
-NOT_IN_KEY = ("save_steps", "threads")
+NOT_IN_KEY = ("save_steps", "threads", "frozen_cache_mb")
 
 
 def run_key(rows: list[dict], finetune: dict, base: Path) -> str:

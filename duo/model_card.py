@@ -104,6 +104,7 @@ def facts(cycle: int, export: dict, final: bool) -> dict:
         "adapter": {"r": adapter.get("r"), "alpha": adapter.get("lora_alpha"),
                     "dropout": adapter.get("lora_dropout"),
                     "target_modules": sorted(adapter.get("target_modules") or []),
+                    "layers": adapter.get("layers_to_transform"),
                     **{k: trained.get(k) for k in ("epochs", "lr", "batch_size", "max_length", "loss", "device",
                                                     "quantized_4bit") if k in trained},
                     **({"max_steps": trained["max_steps"]} if (trained.get("max_steps") or 0) > 0 else {})},
@@ -111,6 +112,13 @@ def facts(cycle: int, export: dict, final: bool) -> dict:
         "export": export,
         "release": release_metrics(cycle) if final else None,
     }
+
+
+def _layers(layers) -> str:
+    if not layers:
+        return "all"
+    layers = [layers] if isinstance(layers, int) else sorted(layers)
+    return f"{layers[0]}-{layers[-1]} (the top {len(layers)}; the layers below are the base model's)"
 
 
 def _v(value) -> str:
@@ -136,8 +144,9 @@ def render(f: dict) -> str:
         "## Adapter (LoRA)",
         f"- r = {_v(ad.get('r'))}, alpha = {_v(ad.get('alpha'))}, dropout = {_v(ad.get('dropout'))}",
         f"- target modules: {', '.join(ad.get('target_modules') or []) or '–'}",
+        f"- decoder layers adapted: {_layers(ad.get('layers'))}",
     ]
-    extra = {k: v for k, v in ad.items() if k not in ("r", "alpha", "dropout", "target_modules")}
+    extra = {k: v for k, v in ad.items() if k not in ("r", "alpha", "dropout", "target_modules", "layers")}
     if extra:
         lines.append("- training: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
     lines += ["", "## Data", f"- train split: {data['train_rows']} rows; test split: {data['test_rows']} rows"]

@@ -101,6 +101,11 @@ class Lora:
     alpha: Union[int, Literal["auto"]] = "auto"
     dropout: float = 0.05
     target_modules: Union[str, list] = "all-linear"
+    layers: Union[int, Literal["all"]] = "all"
+
+    def check(self):
+        if self.layers != "all" and self.layers < 1:
+            raise ValueError("layers must be 'all' or the number of top decoder layers to adapt (>= 1)")
 
 
 @dataclass
@@ -118,6 +123,7 @@ class Finetune:
     group_by_length: bool = True
     padding_free: bool = False
     gradient_checkpointing: bool = False
+    frozen_cache_mb: int = 1024
     threads: int = 0
     seed: int = 42
     save_steps: int = 10
@@ -128,6 +134,8 @@ class Finetune:
             return
         if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
             raise ValueError("micro_batch_size must divide batch_size")
+        if self.frozen_cache_mb < 0:
+            raise ValueError("frozen_cache_mb must be >= 0 (0 = off)")
 
 
 @dataclass

@@ -29,7 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN_BUDGET_S = 90.0  # the defaults run at bf16 emulation speed on CPUs without bf16 math
 FORMULA = ("flops/row = 4*N_linear*l + 6*L*d*l^2/2 + 6*P_lora*l + 4*V*d*c "
-           "(l tokens, c labelled; frozen base: no weight gradients)")
+           "(l tokens, c labelled; frozen base: no weight gradients); with LoRA on the top layers only, "
+           "N_linear and L count those, and the frozen layers' forward (2*N_frozen*l + 2*F*d*l^2/2) "
+           "is counted once per row over the run")
 
 
 def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
@@ -55,13 +57,17 @@ def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
     return best
 
 
-def row_flops(config, lora_params: int, l: int, c: int) -> float:
+def row_flops(config, lora_params: int, l: int, c: int, adapted: int | None = None, epochs: float = 1.0) -> float:
+    """FLOPs per epoch of one row. With LoRA on the top `adapted` layers only, the frozen layers below run
+    forward once per row over the whole run (duo caches their output, duo/frozen_layers.py: their cost
+    is spread over `epochs`) and nothing goes backward through them."""
     d, layers = config.hidden_size, config.num_hidden_layers
+    top = layers if adapted is None else min(adapted, layers)
     kv = config.num_key_value_heads * getattr(config, "head_dim", d // config.num_attention_heads)
     per_layer = d * d * 2 + d * kv * 2 + 3 * d * config.intermediate_size  # q, o; k, v; gate, up, down
-    n_linear = layers * per_layer
-    return (4 * n_linear * l + 6 * layers * d * l * l / 2 + 6 * lora_params * l
-            + 4 * config.vocab_size * d * c)
+    frozen_forward = (layers - top) * (2 * per_layer * l + 2 * d * l * l / 2) / max(epochs, 1.0)
+    return (4 * top * per_layer * l + 6 * top * d * l * l / 2 + 6 * lora_params * l
+            + 4 * config.vocab_size * d * c + frozen_forward)
 
 
 def subset(rows: list[dict], n: int) -> list[dict]:
@@ -183,7 +189,9 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     lora = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["lora"]
     r = 16 if lora["r"] == "auto" else lora["r"]
     lora_cfg = {"r": r, "lora_alpha": 2 * r if lora["alpha"] == "auto" else lora["alpha"],
-                "lora_dropout": lora["dropout"], "target_modules": lora["target_modules"]}
+                "lora_dropout": lora["dropout"], "target_modules": lora["target_modules"],
+                # the same adapted layers as duo's (autograd then stops below them in both)
+                "layers_to_transform": finetune.top_layers(lora.get("layers", "all"), _n_layers(base))}
     if kind == "plain":
         opts = json.loads(overrides)
         out = plain_trl(rows, Path(base), lora_cfg, 8, Path(work), bf16=opts.get("bf16"),
@@ -198,6 +206,12 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
                "precision": m["precision"], "loss_curve": [h["loss"] for h in m["loss_curve"]]}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(out))
+
+
+def _n_layers(base: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(base).num_hidden_layers
 
 
 def run_child(kind: str, base: Path, data: Path, n_rows: int, work: Path, overrides: dict | None = None) -> dict:
@@ -224,7 +238,8 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     config = AutoConfig.from_pretrained(base)
     lora = yaml_lora()
     lora_params = lora_param_count(config, lora)
-    flops = sum(row_flops(config, lora_params, l, c) for l, c in zip(lens, comps))
+    # one epoch here: the frozen layers' forward counts in full
+    flops = sum(row_flops(config, lora_params, l, c, adapted_layers(config, lora)) for l, c in zip(lens, comps))
     tokens = sum(lens)
 
     # TRL's defaults turn on bf16 autocast wherever torch allows it, also on CPUs without bf16 math,
@@ -273,6 +288,15 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
         figures["train.tokens_per_s_source"] = f"the head-to-head run ({len(rows)} rows, one epoch)"
     figures["train.tokens_per_s"] = round(tps, 1)
     flops_per_s = tps * flops / tokens
+    if cycle_train and cycle_train.get("tokens_per_s") and adapted_layers(config, lora) < config.num_hidden_layers:
+        # the cycle's frozen layers ran forward once per row over all its epochs (cached): per token
+        # of the run that is less work than in the one-epoch head-to-head
+        all_lens, all_comps = token_counts(records.read_records(data, finetune.FIELDS, unique="id"), base)
+        epochs = float(cycle_train.get("epochs") or 1.0)
+        run_flops = sum(row_flops(config, lora_params, l, c, adapted_layers(config, lora), epochs)
+                        for l, c in zip(all_lens, all_comps))
+        figures["train.cycle_flops_per_token"] = round(run_flops / sum(all_lens) / 1e6, 1) * 1e6
+        flops_per_s = tps * run_flops / sum(all_lens)
     # against the peak of the precision the training ran in; both are kept
     figures["train.mfu_vs_fp32_peak"] = round(flops_per_s / (peak32 * 1e9), 3)
     # without bf16 math (bf16 slower than fp32) nothing trains in bf16 and the ratio means nothing
@@ -291,10 +315,18 @@ def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, d
                             "micro_batch_8": {"micro_batch_size": 8},
                             "no_group_by_length": {"group_by_length": False},
                             "gradient_checkpointing": {"gradient_checkpointing": True},
+                            # LoRA on every layer: backward runs through the whole model
+                            "lora_layers_all": {"lora": {"layers": "all"}},
                             # not a free lever: it drops LoRA dropout (a regulariser); measured for the README
                             "lora_dropout_0": {"lora": {"dropout": 0.0}}}.items():
         run = run_child("duo", base, data, n_rows, work, overrides)
         out[f"train.levers.{name}_tokens_per_s"] = round(tokens / run["seconds"], 1)
+        out[f"train.levers.{name}_losses"] = run["loss_curve"]
+    # the frozen-layer cache pays from the second epoch on: two epochs with it and without
+    for name, overrides in {"two_epochs": {"epochs": 2.0},
+                            "two_epochs_frozen_cache_off": {"epochs": 2.0, "frozen_cache_mb": 0}}.items():
+        run = run_child("duo", base, data, n_rows, work, overrides)
+        out[f"train.levers.{name}_tokens_per_s"] = round(2 * tokens / run["seconds"], 1)
         out[f"train.levers.{name}_losses"] = run["loss_curve"]
     run = run_child("duo-all-positions", base, data, n_rows, work)
     out["train.levers.lm_head_all_positions_tokens_per_s"] = round(tokens / run["seconds"], 1)
@@ -317,7 +349,12 @@ def lora_param_count(config, lora: dict) -> int:
     r = 16 if lora["r"] == "auto" else int(lora["r"])
     modules = lora["target_modules"]
     modules = list(shapes) if modules in ("all-linear", ["all-linear"]) else modules
-    return config.num_hidden_layers * sum(r * sum(shapes[m]) for m in modules if m in shapes)
+    return adapted_layers(config, lora) * sum(r * sum(shapes[m]) for m in modules if m in shapes)
+
+
+def adapted_layers(config, lora: dict) -> int:
+    layers = lora.get("layers", "all")
+    return config.num_hidden_layers if layers == "all" else min(int(layers), config.num_hidden_layers)
 
 
 if __name__ == "__main__":
