@@ -87,16 +87,10 @@ def _plain(rows, work: Path) -> dict:
     out = bench_train.plain_trl(
         rows, BASE, {"r": r, "lora_alpha": alpha, "lora_dropout": p.lora.dropout,
                      "target_modules": p.lora.target_modules,
-                     "layers_to_transform": stage.top_layers(p.lora.layers, _n_layers())}, p.batch_size, work,
+                     "layers_to_transform": stage.top_layers(p.lora.layers, bench_train.n_layers(BASE))}, p.batch_size, work,
         model_kwargs={"dtype": torch.bfloat16, "quantization_config": quant, "device_map": {"": 0}})
     return out | {"mean_loss": round(out["final_loss"], 4),
                   "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
-
-
-def _n_layers() -> int:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(BASE).num_hidden_layers
 
 
 def _infer(test, parallel: int) -> tuple[list[dict], dict]:

@@ -191,7 +191,7 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     lora_cfg = {"r": r, "lora_alpha": 2 * r if lora["alpha"] == "auto" else lora["alpha"],
                 "lora_dropout": lora["dropout"], "target_modules": lora["target_modules"],
                 # the same adapted layers as duo's (autograd then stops below them in both)
-                "layers_to_transform": finetune.top_layers(lora.get("layers", "all"), _n_layers(base))}
+                "layers_to_transform": finetune.top_layers(lora.get("layers", "all"), n_layers(base))}
     if kind == "plain":
         opts = json.loads(overrides)
         out = plain_trl(rows, Path(base), lora_cfg, 8, Path(work), bf16=opts.get("bf16"),
@@ -208,7 +208,7 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     print(json.dumps(out))
 
 
-def _n_layers(base: str) -> int:
+def n_layers(base) -> int:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(base).num_hidden_layers

@@ -59,10 +59,8 @@ def test_adapting_every_layer_caches_nothing(base, tmp_path):
     assert {key.split(".layers.")[1].split(".")[0] for key in adapter} == {"0", "1", "2"}
 
 
-def test_cache_full_still_trains_every_row(base, tmp_path):
+def test_cache_full_still_trains_every_row(base):
     """Past the memory budget rows are recomputed (still without backward through the frozen layers)."""
-    metrics, _ = _train(base, tmp_path, 0, layers=1)
-    assert metrics["frozen_cache"] is None
     from duo import frozen_layers
 
     model = _peft(base)
