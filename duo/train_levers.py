@@ -38,19 +38,80 @@ def use_padding_free(wanted: bool, lengths: list[int], max_length: int) -> bool:
     return wanted and bool(lengths) and max(lengths) <= max_length
 
 
-def return_freed_memory() -> None:
-    """Allocate large tensors with mmap so freeing them returns the memory to the system at once.
+# Allocations from 8 MiB up are mmap'd: see return_freed_memory.
+MMAP_THRESHOLD = 8 * 2**20
 
-    glibc raises its mmap threshold each time a large block is freed, after which activations of
-    every shape come from the heap and fragment it: a 4-epoch run grew to 5.4 GB peak RSS although
-    one step holds ~2.5 GB. Fixing the threshold at glibc's initial 128 KiB keeps the peak at what one
-    step needs (measured: 2.7 GB vs 3.2 GB after 3 steps, resident 1.3 GB vs 3.0 GB). No-op off glibc.
+
+def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> None:
+    """Fix glibc's mmap threshold at 8 MiB: activations come from the heap, the largest blocks from mmap.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which blocks
+    of every shape come from the heap and fragment it: a 4-epoch run grew to 5.4 GB peak RSS although
+    one step holds ~2.5 GB. Fixing the threshold stops that drift. It was first fixed at glibc's initial
+    128 KiB, which kept the peak lowest but mmap'd nearly every activation (a [4 x 186 x 576] fp32
+    tensor is 1.7 MB): each is a fresh mapping whose pages the kernel faults in and zeroes, which made
+    element-wise ops ~4x slower than from the heap (profiled) and the whole step 1.4-1.6x slower. On 48
+    rows x 2 epochs (machine B, tests/bench_train.py's duo_train): 128 KiB 243 s / 3.08 GB peak; glibc's dynamic
+    default 150 s / 3.77 GB; fixed at 4, 8, 16, 32 MiB 155, 157, 154, 158 s / 3.81, 3.46, 3.81, 3.81 GB.
+    No-op off glibc.
     """
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def _mask_dropout_class():
+    import torch
+
+    class MaskDropout(torch.nn.Module):
+        """nn.Dropout(p) with the mask drawn 16 bits per element (see the module docstring)."""
+
+        def __init__(self, p: float):
+            super().__init__()
+            self.p = p
+            # lanes 0-2 of an int64 draw hold 16 random bits; lane 3 holds 15 (random_ never sets the
+            # sign bit), so its threshold is halved: every lane drops with probability even / 65536
+            self.drop = 2 * round(p * 32768)
+            self.scale = 1.0 / (1.0 - self.drop / 65536)
+            self.register_buffer("threshold", torch.tensor([self.drop - 32768] * 3 + [self.drop // 2],
+                                                           dtype=torch.int16), persistent=False)
+
+        def keep_mask(self, x):
+            n = x.numel()
+            m = (n + 3) // 4
+            lanes = torch.empty(m, dtype=torch.int64, device=x.device).random_().view(torch.int16).view(m, 4)
+            return (lanes >= self.threshold).view(-1)[:n].view(x.shape)
+
+        def forward(self, x):
+            if not self.training or self.drop == 0:
+                return x
+            return x * self.keep_mask(x).to(x.dtype).mul_(self.scale)
+
+        def extra_repr(self) -> str:
+            return f"p={self.p}, 16-bit masks"
+
+    return MaskDropout
+
+
+def cheap_dropout_masks(model) -> int:
+    """Swap the nn.Dropout of every LoRA input on a CPU model for MaskDropout; returns how many."""
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        return 0
+    mask_dropout = _mask_dropout_class()
+    swapped = 0
+    for module in list(model.modules()):
+        drops = getattr(module, "lora_dropout", None)
+        if not isinstance(drops, torch.nn.ModuleDict):
+            continue
+        for name, drop in drops.items():
+            if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
+                drops[name] = mask_dropout(drop.p)
+                swapped += 1
+    return swapped

@@ -173,6 +173,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
     log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'bf16 autocast' if bf16 else 'fp32'} on "
         f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
     ckpt.attach(trainer)
+    train_levers.cheap_dropout_masks(trainer.model)
     cache = None
     if p.frozen_cache_mb and not p.gradient_checkpointing:
         cache = frozen_layers.install(trainer.model, p.lora.layers, p.frozen_cache_mb * 2**20)

@@ -201,6 +201,16 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
             from duo import train_levers
 
             train_levers.score_labelled_positions_only = lambda: None
+        if kind == "duo-torch-dropout":  # the lever off: torch's own dropout masks
+            from duo import train_levers
+
+            train_levers.cheap_dropout_masks = lambda model: 0
+        if kind == "duo-mmap-128k":  # glibc's initial threshold, fixed: every activation mmap'd
+            import functools
+
+            from duo import train_levers
+
+            train_levers.return_freed_memory = functools.partial(train_levers.return_freed_memory, 128 * 1024)
         m = duo_train(rows, Path(base), Path(work), json.loads(overrides))
         out = {"seconds": m["train_seconds"], "steps": m["steps"], "mean_loss": m["train_loss"],
                "precision": m["precision"], "loss_curve": [h["loss"] for h in m["loss_curve"]]}
@@ -331,6 +341,13 @@ def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, d
     run = run_child("duo-all-positions", base, data, n_rows, work)
     out["train.levers.lm_head_all_positions_tokens_per_s"] = round(tokens / run["seconds"], 1)
     out["train.levers.lm_head_all_positions_losses"] = run["loss_curve"]
+    run = run_child("duo-mmap-128k", base, data, n_rows, work)
+    out["train.levers.mmap_threshold_128k_tokens_per_s"] = round(tokens / run["seconds"], 1)
+    out["train.levers.mmap_threshold_128k_peak_rss_mb"] = run["peak_rss_mb"]
+    out["train.levers.default_peak_rss_mb"] = default.get("peak_rss_mb")
+    run = run_child("duo-torch-dropout", base, data, n_rows, work)
+    out["train.levers.torch_dropout_masks_tokens_per_s"] = round(tokens / run["seconds"], 1)
+    out["train.levers.torch_dropout_masks_losses"] = run["loss_curve"]
     return out
 
 

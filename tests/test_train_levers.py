@@ -141,3 +141,64 @@ def test_padding_free_only_without_truncation():
     assert use_padding_free(True, [10, 20], 20)
     assert not use_padding_free(True, [10, 21], 20)
     assert not use_padding_free(False, [10], 20)
+
+
+def _lora_model(dropout: float):
+    from peft import LoraConfig, get_peft_model
+
+    model = _model()
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+
+
+def test_cheap_dropout_masks_have_dropouts_distribution():
+    from duo import train_levers
+
+    model = _lora_model(0.05)
+    assert train_levers.cheap_dropout_masks(model) == 4  # 2 layers x (q, v)
+    drop = model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]
+    assert type(drop).__name__ == "MaskDropout"
+    drop.train()
+    torch.manual_seed(3)
+    x = torch.ones(1003, 997)  # not a multiple of 4 lanes: the tail is masked too
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.95) < 0.001  # 1M draws: 5 sigma is ~0.001
+    # every lane of the 64-bit draw drops at the same rate (lane 3 lacks the sign bit)
+    lanes = kept.view(-1)[: x.numel() // 4 * 4].view(-1, 4).float().mean(0)
+    assert (lanes - 0.95).abs().max().item() < 0.002
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], drop.scale))
+    assert abs(y.mean().item() - 1.0) < 0.002  # unbiased, as nn.Dropout
+    # neighbouring masks are independent draws, and a seed repeats them
+    assert not torch.equal(kept, drop(x) != 0)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_cheap_dropout_masks_train_like_dropout():
+    """Gradients flow through the kept entries only, scaled as nn.Dropout scales them; without
+    dropout the swapped model is the same function."""
+    from duo import train_levers
+
+    model = _lora_model(0.05)
+    train_levers.cheap_dropout_masks(model)
+    drop = model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]
+    drop.train()
+    x = torch.randn(8, 64, requires_grad=True)
+    torch.manual_seed(5)
+    y = drop(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() * drop.scale)
+
+    plain, swapped = _lora_model(0.05).eval(), model.eval()
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def test_cheap_dropout_masks_leave_zero_dropout_alone():
+    from duo import train_levers
+
+    assert train_levers.cheap_dropout_masks(_lora_model(0.0)) == 0
