@@ -81,14 +81,25 @@ def _ask(jobs: list, make_request, parse, svc: service.Service, p, desc: str) ->
     return [results[i] for i in range(len(jobs))]
 
 
-def judge_single(preds: list[dict], svc, p, name: str, subject: str) -> list[dict]:
-    jobs = [(pred, j) for pred in preds for j in range(p.m)]
-    out = _ask(jobs, lambda job, a: judge_request(job[0], job[1], a, p, svc.supports_schema), judge.parse_reply,
-               svc, p, f"judge {subject}")
+def judge_single(preds: list[dict], svc, p, name: str, subject: str, teacher: list[dict] = ()) -> list[dict]:
+    """Judge rows of `preds` (as `subject`) and of `teacher` (the service's own answers, for P-Match).
+    A teacher answer is asked right after the student samples of its prompt: the requests share the
+    rubric, instruction and reference, which a local llama.cpp server then evaluates once (prefix reuse)
+    instead of again for every teacher answer. Rows come back students first, in input order."""
+    items = [(pred, subject) for pred in preds] + [(row, "teacher") for row in teacher]
+    first: dict[str, int] = {}
+    for i, pred in enumerate(preds):
+        first.setdefault(pred["prompt_id"], i)
+    order = sorted(range(len(items)), key=lambda k: (first.get(items[k][0]["prompt_id"], len(preds)), k))
+    jobs = [(k, j) for k in order for j in range(p.m)]
+    desc = f"judge {subject}" + (" + teacher" if teacher else "")
+    out = _ask(jobs, lambda job, a: judge_request(items[job[0]][0], job[1], a, p, svc.supports_schema),
+               judge.parse_reply, svc, p, desc)
     rows = []
-    for (pred, j), (scores, error, raw) in zip(jobs, out):
+    for (k, j), (scores, error, raw) in sorted(zip(jobs, out), key=lambda pair: pair[0]):
+        pred, who = items[k]
         rows.append({"prompt_id": pred["prompt_id"], "sample_idx": pred["sample_idx"], "judge_idx": j,
-                     "judge": name, "subject": subject, "similarity": scores and scores["similarity"],
+                     "judge": name, "subject": who, "similarity": scores and scores["similarity"],
                      "precision": scores and scores["precision"], "error": error, "raw": raw})
     return rows
 
@@ -201,10 +212,8 @@ def main(params_path: str) -> None:
             if p.mode == "pairwise":
                 rows += judge_pairwise(preds, svc, p, name)
             else:
-                rows += judge_single(preds, svc, p, name, "student")
                 answered = [t for t in teacher if t["error"] is None]
-                if answered:
-                    rows += judge_single(answered, svc, p, name, "teacher")
+                rows += judge_single(preds, svc, p, name, "student", answered)
         stats[name] = svc.stats.as_dict()
     records.write_jsonl("data/judgments.jsonl", rows)
     records.write_jsonl("data/teacher.jsonl", teacher)

@@ -138,6 +138,40 @@ def test_panel_pmatch_and_agreement(in_tmp, fake):
     assert run_stage().exit_code == 0 and len(fake.requests) == before
 
 
+def test_teacher_answer_is_judged_next_to_its_prompts_samples(in_tmp, fake):
+    """The teacher's answer shares the rubric, instruction and reference with the student samples of
+    its prompt; asked right after them, a local server evaluates that prefix once (prefix reuse)."""
+    setup_dir(in_tmp, fake.url, n=3, pmatch=True)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["service"]["concurrency"] = 1  # the provider sees the requests in the order they are made
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    preds = read_jsonl("data/predictions.jsonl")
+    preds = [dict(p, sample_idx=k, response=f"Student {p['prompt_id']}/{k}.") for p in preds for k in range(2)]
+    Path("data/predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preds))
+
+    def reply(body):
+        text = body["messages"][0]["content"]
+        if not is_judge(body):
+            return "Teacher answer " + text.split()[-1]
+        return GOOD % ((90, 90) if "Teacher answer" in text else (30, 40))
+
+    fake.default = (200, reply, {})
+    assert run_stage().exit_code == 0
+    asked = []
+    for r in fake.requests:
+        text = r["body"]["messages"][0]["content"]
+        if is_judge(r["body"]):
+            model = text.split("MODEL RESPONSE <<<")[1]
+            asked.append(("teacher" if "Teacher answer" in model else "student", text.split("Question ")[1][0]))
+    assert asked == [(who, q) for q in "012" for who in ("student", "student", "teacher")]
+    rows = read_jsonl("data/judgments.jsonl")
+    assert [(r["subject"], r["prompt_id"], r["sample_idx"]) for r in rows] == \
+        [("student", f"q{i}", k) for i in range(3) for k in range(2)] + [("teacher", f"q{i}", 0) for i in range(3)]
+    assert all((r["precision"] == 90) == (r["subject"] == "teacher") for r in rows)
+    ev = json.loads(Path("metrics/eval.json").read_text())
+    assert ev["precision"]["mean"] == 40.0 and ev["teacher"]["precision"]["mean"] == 90.0
+
+
 def test_pairwise_mode_swaps_positions(in_tmp, fake):
     setup_dir(in_tmp, fake.url, n=3, mode="pairwise")
 
