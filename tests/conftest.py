@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_sessionstart(session):
+    # A llama.cpp that dies on this CPU would kill pytest itself at the first test that loads a GGUF.
+    from tests import llama_probe
+
+    problem = llama_probe.failure()
+    if problem:
+        pytest.exit(problem, returncode=1)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """cwd = an empty tmp dir holding the project's prompts/ (stages read relative paths)."""
