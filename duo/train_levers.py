@@ -65,6 +65,32 @@ def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> None:
         pass
 
 
+def trim_heap_each_forward(model):
+    """glibc's malloc_trim(0) before every forward of `model` (each micro-batch), on the CPU only.
+
+    Even with the threshold fixed (return_freed_memory) the heap holds the pages of the previous
+    micro-batch's freed activations, in pieces of every size; the next batch, of another length, cannot
+    reuse all of them and the peak grows with every epoch. Trimming hands the free pages back first, at
+    the price of faulting them in again. Machine A (bf16 autocast), the 116 sample rows, 4 epochs (the
+    default cycle's finetune): untrimmed 295 s / 5,382 MB; trimmed before every forward 346 s / 4,397 MB;
+    every other forward 337 s / 4,759 MB; only while RSS > 3 GiB 328 s / 4,799 MB; losses identical.
+    Memory is the limit a small machine cannot exceed, so every forward. Returns the hook's handle;
+    None off glibc or on a GPU."""
+    import ctypes
+
+    if next(model.parameters()).device.type != "cpu":
+        return None
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+    def hook(module, args):
+        trim(0)  # a forward pre-hook that returns something replaces the inputs: return None
+
+    return model.register_forward_pre_hook(hook)
+
+
 def _mask_dropout_class():
     import torch
 

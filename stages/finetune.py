@@ -174,6 +174,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
     ckpt.attach(trainer)
     train_levers.cheap_dropout_masks(trainer.model)
+    train_levers.trim_heap_each_forward(trainer.model)
     cache = None
     if p.frozen_cache_mb and not p.gradient_checkpointing:
         cache = frozen_layers.install(trainer.model, p.lora.layers, p.frozen_cache_mb * 2**20)

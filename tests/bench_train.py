@@ -205,6 +205,10 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
             from duo import train_levers
 
             train_levers.cheap_dropout_masks = lambda model: 0
+        if kind == "duo-no-trim":  # the lever off: freed heap pages kept between micro-batches
+            from duo import train_levers
+
+            train_levers.trim_heap_each_forward = lambda model: None
         if kind == "duo-mmap-128k":  # glibc's initial threshold, fixed: every activation mmap'd
             import functools
 
@@ -349,6 +353,9 @@ def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, d
     out["train.levers.mmap_threshold_128k_tokens_per_s"] = round(tokens / run["seconds"], 1)
     out["train.levers.mmap_threshold_128k_peak_rss_mb"] = run["peak_rss_mb"]
     out["train.levers.default_peak_rss_mb"] = default.get("peak_rss_mb")
+    run = run_child("duo-no-trim", base, data, n_rows, work)
+    out["train.levers.no_heap_trim_tokens_per_s"] = round(tokens / run["seconds"], 1)
+    out["train.levers.no_heap_trim_peak_rss_mb"] = run["peak_rss_mb"]
     run = run_child("duo-torch-dropout", base, data, n_rows, work)
     out["train.levers.torch_dropout_masks_tokens_per_s"] = round(tokens / run["seconds"], 1)
     out["train.levers.torch_dropout_masks_losses"] = run["loss_curve"]
