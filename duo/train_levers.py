@@ -42,6 +42,18 @@ def use_padding_free(wanted: bool, lengths: list[int], max_length: int) -> bool:
 MMAP_THRESHOLD = 8 * 2**20
 
 
+def _glibc():
+    """The C library when it is glibc (mallopt and malloc_trim exist), else None."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> None:
     """Fix glibc's mmap threshold at 8 MiB: activations come from the heap, the largest blocks from mmap.
 
@@ -55,14 +67,9 @@ def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> None:
     default 150 s / 3.77 GB; fixed at 4, 8, 16, 32 MiB 155, 157, 154, 158 s / 3.81, 3.46, 3.81, 3.81 GB.
     No-op off glibc.
     """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _glibc()
+    if libc:
         libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def trim_heap_each_forward(model):
@@ -76,17 +83,12 @@ def trim_heap_each_forward(model):
     every other forward 337 s / 4,759 MB; only while RSS > 3 GiB 328 s / 4,799 MB; losses identical.
     Memory is the limit a small machine cannot exceed, so every forward. Returns the hook's handle;
     None off glibc or on a GPU."""
-    import ctypes
-
-    if next(model.parameters()).device.type != "cpu":
-        return None
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None or next(model.parameters()).device.type != "cpu":
         return None
 
     def hook(module, args):
-        trim(0)  # a forward pre-hook that returns something replaces the inputs: return None
+        libc.malloc_trim(0)  # a forward pre-hook that returns something replaces the inputs: return None
 
     return model.register_forward_pre_hook(hook)
 

@@ -1,5 +1,6 @@
 """Does this environment's llama.cpp survive a batched prompt on this CPU? Run in a child process, because
-a build with instructions the CPU refuses (ggml's AMX kernels, see the Makefile) dies with SIGILL."""
+a build with instructions the CPU refuses (ggml's AMX kernels, see the Makefile) dies with SIGILL.
+tests/conftest.py runs it before any test: a dead llama.cpp would otherwise kill pytest itself."""
 from __future__ import annotations
 
 import subprocess

@@ -205,23 +205,25 @@ def test_cheap_dropout_masks_leave_zero_dropout_alone():
 
 
 def test_heap_trim_runs_before_each_forward_and_changes_nothing(monkeypatch):
-    import ctypes
-
     from duo import train_levers
 
     model = _model()
     padded, _ = _batches()
     want_loss, want_grads = _loss_and_grads(model, padded)
+    libc = train_levers._glibc()
+    assert libc is not None, "these machines run glibc"
     calls = []
-    libc = ctypes.CDLL("libc.so.6")
-    real_trim = libc.malloc_trim
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: type("C", (), {"malloc_trim": lambda self, pad: calls.append(
-        real_trim(pad)) or 1})())
+
+    class Counting:  # the real glibc call, counted
+        def malloc_trim(self, pad):
+            calls.append(libc.malloc_trim(pad))
+            return calls[-1]
+
+    monkeypatch.setattr(train_levers, "_glibc", Counting)
     handle = train_levers.trim_heap_each_forward(model)
     assert handle is not None
     got_loss, got_grads = _loss_and_grads(model, padded)
     _loss_and_grads(model, padded)
-    assert len(calls) == 2  # one trim per forward, and the real glibc call ran (returned 0 or 1)
-    assert set(calls) <= {0, 1}
+    assert len(calls) == 2 and set(calls) <= {0, 1}  # one trim per forward; glibc returns 0 or 1
     assert torch.equal(got_loss, want_loss) and all(torch.equal(got_grads[n], g) for n, g in want_grads.items())
     handle.remove()
