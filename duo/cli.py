@@ -203,15 +203,17 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
 
     Removed rows go to OUT's sibling `<name>.rejected.jsonl` with their reason and the id they duplicate.
     """
-    from duo import curate
     from duo import params as params_mod
+    from duo.synth import curate, filters
 
     cfg = params_mod.load(params_path).curate if Path(params_path).exists() else params_mod.Curate()
     new_rows = records.read_records(new, ROW_FIELDS, unique="id", allow_blank=True)  # blanks: filtered, named
     seen_rows = [r for path in seen for r in records.read_records(path, ROW_FIELDS, allow_empty=True)]
     test_rows = records.read_records(test_path, ROW_FIELDS, allow_empty=True) if test_path else []
+    # `auto` length bounds come from the SEEN rows (your train split) of each task
     with progress.bar(len(new_rows), "curate", unit="row") as bar:
-        kept, removed, counts = curate.curate(new_rows, seen_rows, test_rows, cfg, progress=bar.update)
+        kept, removed, counts = curate.curate(new_rows, seen_rows, test_rows, cfg, progress=bar.update,
+                                              thresholds=filters.derive(seen_rows, cfg))
     records.write_jsonl(out, kept)
     by_id = {r["id"]: r for r in new_rows}
     records.write_jsonl(out.with_name(out.stem + ".rejected.jsonl"), [by_id[r["id"]] | r for r in removed])

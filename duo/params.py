@@ -49,24 +49,33 @@ class Service:
     rpm: int = 0
     tpm: int = 0
     budget_usd: float = 0.0
+    budget_total_usd: float = 0.0
     on_overflow: Literal["truncate", "skip"] = "truncate"
+    batch: bool = False
+    batch_poll_s: float = 30.0
 
     def check(self):
-        if self.concurrency < 1 or self.rpm < 0 or self.tpm < 0 or self.budget_usd < 0 or self.timeout_s <= 0:
-            raise ValueError("concurrency >= 1; rpm, tpm, budget_usd >= 0; timeout_s > 0")
+        if self.concurrency < 1 or self.rpm < 0 or self.tpm < 0 or self.timeout_s <= 0:
+            raise ValueError("concurrency >= 1; rpm, tpm >= 0; timeout_s > 0")
+        if self.budget_usd < 0 or self.budget_total_usd < 0:
+            raise ValueError("budget_usd and budget_total_usd must be >= 0 (0 = no cap)")
+        if self.batch_poll_s <= 0:
+            raise ValueError("batch_poll_s must be > 0")
+        if self.batch and (self.model == "local" or self.model.startswith("local:")):
+            raise ValueError("batch: the local llama.cpp server has no batch API; set batch: false")
 
 
 @dataclass
 class Synth:
     model: Optional[str] = None
-    seeds_per_cycle: int = 8
+    seeds_per_cycle: int = 6
     pairs_per_request: int = 3
     temperature: float = 0.8
     max_tokens: int = 1024
     seed: int = 42
-    per_cycle: int = 0
+    per_cycle: int = 12
     schedule: Literal["fixed", "doubling"] = "fixed"
-    max_requests: int = 50
+    max_requests: int = 30
 
     def check(self):
         if self.seeds_per_cycle < 1 or self.pairs_per_request < 1 or self.max_requests < 1 or self.per_cycle < 0:
@@ -80,17 +89,21 @@ class Curate:
     lsh_threshold: float = 0.5
     rouge_l_max: float = 0.7
     decontam_ngram: int = 13
-    min_instruction_tokens: int = 3
-    max_instruction_tokens: int = 2048
-    min_response_tokens: int = 1
-    max_response_tokens: int = 2048
-    min_passage_words: int = 40
+    min_instruction_tokens: Union[int, Literal["auto"]] = "auto"
+    max_instruction_tokens: Union[int, Literal["auto"]] = "auto"
+    min_response_tokens: Union[int, Literal["auto"]] = "auto"
+    max_response_tokens: Union[int, Literal["auto"]] = "auto"
+    min_passage_words: Union[int, Literal["auto"]] = "auto"
     min_compression_ratio: float = 0.25
     language: Optional[str] = None
 
     def check(self):
         if self.shingle < 1 or self.num_perm < 16 or self.decontam_ngram < 1:
             raise ValueError("shingle >= 1, num_perm >= 16, decontam_ngram >= 1")
+        for name in ("min_instruction_tokens", "max_instruction_tokens", "min_response_tokens",
+                     "max_response_tokens", "min_passage_words"):
+            if getattr(self, name) != "auto" and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 'auto' or >= 0")
         if not (0 < self.lsh_threshold <= 1 and 0 < self.rouge_l_max <= 1):
             raise ValueError("lsh_threshold and rouge_l_max must be in (0, 1]")
 

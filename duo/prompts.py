@@ -1,6 +1,7 @@
 """Render prompts/*.txt with string.Template; a missing variable is an error, never blank text."""
 from __future__ import annotations
 
+import functools
 import string
 from pathlib import Path
 
@@ -11,8 +12,16 @@ PROMPTS_DIR = Path("prompts")
 
 def load(name: str, root: Path | None = None) -> string.Template:
     path = (root or PROMPTS_DIR) / name
-    if not path.exists():
-        raise click.ClickException(f"{path}: prompt file not found")
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise click.ClickException(f"{path}: prompt file not found") from None
+    return _read(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _read(path: Path, mtime_ns: int, size: int) -> string.Template:
+    # a stage renders the same file for every request (100k teacher calls): read it once per version
     return string.Template(path.read_text(encoding="utf-8"))
 
 

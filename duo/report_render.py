@@ -141,6 +141,25 @@ def train_rows(data: dict) -> list[tuple[str, str]]:
                                                  f"{t.get('device')}")]
 
 
+def synth_rows(data: dict) -> list[tuple[str, str]]:
+    m = data.get("synth") or {}
+    if not m or m.get("skipped"):
+        return []
+    rows = [("teacher requests / pairs generated", f"{m.get('requests')} / {m.get('pairs_generated')}"),
+            ("kept (target)", f"{m.get('kept')} ({m.get('target')}; {m.get('surplus', 0)} landed past it)"),
+            ("keep rate / exact / near duplicates", f"{pct(m.get('keep_rate'))} / {pct(m.get('exact_duplicate_rate'))}"
+                                                   f" / {pct(m.get('near_duplicate_rate'))}")]
+    for task, t in (m.get("by_task") or {}).items():
+        removed = ", ".join(f"{k} {v}" for k, v in (t.get("removed") or {}).items()) or "nothing removed"
+        rows.append((f"task {task}", f"{t.get('kept')} of {t.get('candidates')} kept ({removed})"))
+    return rows
+
+
+def synth_warnings(data: dict) -> list[str]:
+    """Filters that removed more than half of a task's candidates: the data may not fit their bounds."""
+    return list((data.get("synth") or {}).get("warnings") or [])
+
+
 def cost_rows(data: dict) -> tuple[list[list[str]], list[list[str]], str]:
     stages = [[name, str(s.get("calls", "")), f"{s.get('prompt_tokens', 0):,}", f"{s.get('completion_tokens', 0):,}",
                usd(s.get("cost_usd"))] for name, s in ((data.get("cost") or {}).get("stages") or {}).items()]
@@ -277,6 +296,11 @@ def html(data: dict, images: dict[str, bytes]) -> str:
             "<h2>Training</h2>", _img(images, "loss", "training loss curve"),
             "<table>" + "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in train_rows(data))
             + "</table>",
+            "<h2>Synthetic data, this cycle</h2>" if synth_rows(data) else "",
+            "".join(f'<div class="verdict fail">Filter warning: {_esc(w)} (see curate.* in params.yaml)</div>'
+                    for w in synth_warnings(data)),
+            "<table>" + "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in synth_rows(data))
+            + "</table>" if synth_rows(data) else "",
             "<h2>Cost so far</h2>",
             f'<p>Service calls since cycle {data["cycles"][0]["cycle"] if data["cycles"] else data["cycle"]}: '
             f"<b>{_esc(total)}</b>. Local work (training, export, inference) is not billed.</p>",
@@ -341,8 +365,12 @@ def markdown(data: dict, image_paths: dict[str, str]) -> str:
         if name in image_paths:
             md += [f"![{alt}]({image_paths[name]})", ""]
     md += ["## Judge", "", _md_table(["", ""], [list(r) for r in judge_rows(data)]), "",
-           "## Training", "", _md_table(["", ""], [list(r) for r in train_rows(data)]), "",
-           "## Cost so far", "", f"Service calls so far: **{total}**.", "",
+           "## Training", "", _md_table(["", ""], [list(r) for r in train_rows(data)]), ""]
+    if synth_rows(data):
+        md += ["## Synthetic data, this cycle", ""]
+        md += [f"**Filter warning:** {_md_cell(w)} (see curate.* in params.yaml)" for w in synth_warnings(data)]
+        md += ["", _md_table(["", ""], [list(r) for r in synth_rows(data)]), ""]
+    md += ["## Cost so far", "", f"Service calls so far: **{total}**.", "",
            _md_table(["cycle", "prompt tokens", "completion tokens", "cost"], per_cycle), "",
            _md_table(["stage:model", "calls", "prompt tokens", "completion tokens", "cost"], stages), "",
            "## Break-even: service vs. local box", "", f"**{_md_cell(data['breakeven_sentence'])}**", "",

@@ -14,14 +14,13 @@ data/judgments.jsonl, data/teacher.jsonl, metrics/eval.json)
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections import defaultdict
 
 import click
 
-from duo import judge, progress, prompts
+from duo import contracts, judge, progress, prompts
 from duo import params as params_mod
 from duo import records, service
 
@@ -29,16 +28,11 @@ FIELDS = {"prompt_id": str, "sample_idx": int, "task": str, "prompt": str, "refe
 TEST_FIELDS = records.ROW_FIELDS
 
 
-def _seed(seed: int, *parts) -> int:
-    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 def _request(text: str, schema: dict, judge_idx: int, attempt: int, p, structured: bool, *seed_parts):
     fmt = {"type": "json_object", "schema": schema} if structured else {"type": "json_object"}
     return service.Request(messages=[{"role": "user", "content": text}], sample_idx=judge_idx, attempt=attempt,
                            temperature=p.temperature, max_tokens=p.max_tokens,
-                           seed=_seed(p.seed, *seed_parts, judge_idx, attempt), response_format=fmt)
+                           seed=contracts.derived_seed(p.seed, *seed_parts, judge_idx, attempt), response_format=fmt)
 
 
 def judge_request(pred: dict, judge_idx: int, attempt: int, p, structured: bool) -> service.Request:
@@ -204,11 +198,12 @@ def main(params_path: str) -> None:
     names = p.models or [params.service.model]
     rows, teacher, stats = [], [], {}
     if p.mode == "single" and p.pmatch:
-        with service.from_params(params.service, params.synth.model, journal="teacher") as svc:
+        with service.from_params(params.service, params.synth.model, journal="teacher", cycle=params.cycle) as svc:
             teacher = teacher_answers(test, svc, params.infer)
         stats["teacher"] = svc.stats.as_dict()
     for name in names:
-        with service.from_params(params.service, name if p.models else None, journal="judge") as svc:
+        with service.from_params(params.service, name if p.models else None, journal="judge",
+                                 cycle=params.cycle) as svc:
             if p.mode == "pairwise":
                 rows += judge_pairwise(preds, svc, p, name)
             else:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from duo import checkpoints
+from duo import contracts
 from duo import frozen_layers
 from duo import params as params_mod
 from duo import progress
@@ -24,7 +25,7 @@ from duo import train_levers
 
 BASE = Path("models/base")
 OUT = Path("models/adapter")
-SYNTH_DIR = Path("data/synth")
+SYNTH_DIR = contracts.SYNTH_DIR
 FIELDS = records.ROW_FIELDS
 
 
@@ -37,17 +38,10 @@ def lora_size(n_rows: int, r, alpha) -> tuple[int, int]:
     return int(r), int(alpha)
 
 
-def synth_files(cycle: int, synth_dir: Path = SYNTH_DIR) -> list[Path]:
-    """synth(1..cycle): files of later cycles (left over after a cycle was reset) do not count."""
-    files = [f for f in synth_dir.glob("cycle-*.jsonl") if f.stem.split("-")[1].isdigit()
-             and 1 <= int(f.stem.split("-")[1]) <= cycle]
-    return sorted(files, key=lambda f: int(f.stem.split("-")[1]))
-
-
 def load_rows(train_path: Path, cycle: int, synth_dir: Path = SYNTH_DIR) -> tuple[list[dict], int]:
     rows = records.read_records(train_path, FIELDS, unique="id")
     n_synth = 0
-    for path in synth_files(cycle, synth_dir):
+    for path in contracts.synth_files(1, cycle, synth_dir):
         extra = records.read_records(path, FIELDS, unique="id", allow_empty=True)
         n_synth += len(extra)
         rows.extend(extra)
@@ -211,7 +205,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         "train_loss": round(result.training_loss if resume is None or not history
                             else sum(h["loss"] for h in history) / len(history), 4),
         "final_loss": round(history[-1]["loss"], 4) if history else None,
-        "loss_curve": [{"step": h["step"], "loss": round(h["loss"], 4)} for h in history],
+        "loss_curve": contracts.evenly([{"step": h["step"], "loss": round(h["loss"], 4)} for h in history]),
         "tokens": int(seen_tokens),
         "tokens_per_s": round(seen_tokens / seconds, 1) if seconds else None,
         "train_seconds": round(seconds, 1),

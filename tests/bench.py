@@ -4,10 +4,10 @@ service: 400 judge calls through the evaluate stage's code against a loopback Op
 server answering each call after 500 ms, at concurrency 16 (ideal 400 x 0.5 s / 16 = 12.5 s); then
 the same stage again, answered from the journal.
 
-cycle, train, infer: tests/bench_cycle.py, tests/bench_train.py, tests/bench_infer.py (their docstrings
+cycle, train, infer, synth: tests/bench_cycle.py, bench_train.py, bench_infer.py, bench_synth.py (their docstrings
 say what is measured and how).
 
-Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate]   (no argument: all but levers)
+Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth]   (no argument: all but levers)
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def bench_curate(n: int = 300_000, seen: int = 10_000, test: int = 1_000) -> dic
 def _curate_child(n: int, seen: int, test: int) -> None:
     import resource
 
-    from duo import curate
+    from duo.synth import curate
     from duo.params import Curate
 
     new_rows, seen_rows, test_rows, dups, overlaps = synthetic_rows(n, seen, test, 0.05, 0.01)
@@ -156,7 +156,7 @@ def _curate_child(n: int, seen: int, test: int) -> None:
                       "curate.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
-SECTIONS = ("cycle", "train", "infer", "service", "curate")
+SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth")
 
 
 def _last_cycle() -> dict:
@@ -267,6 +267,10 @@ def _section(section: str, sections: list[str], state: dict) -> dict:
         got = bench_infer.bench_infer(clone, cycle_infer=cycle_infer)
     elif section == "service":
         got = bench_service()
+    elif section == "synth":
+        from tests import bench_synth
+
+        got = bench_synth.bench_synth()
     else:
         got = bench_curate()
     return got

@@ -4,8 +4,13 @@ import json
 
 from click.testing import CliRunner
 
-from duo import curate
 from duo.params import Curate
+from duo.synth import curate, filters
+
+# The planted fixture was written against these fixed bounds (the shipped default derives them per
+# task from train: tests below).
+FIXED = dict(min_instruction_tokens=3, max_instruction_tokens=2048, min_response_tokens=1,
+             max_response_tokens=2048, min_passage_words=40)
 
 SKY = ("Explain in a short paragraph why the sky appears blue on a clear day to a curious ten year old child",
        "Sunlight contains every colour. When it passes through the air, tiny gas molecules scatter the short blue "
@@ -79,7 +84,7 @@ EXPECTED_REMOVED = {
 
 
 def test_planted_fixture_exact_outcome():
-    kept, removed, report = curate.curate(NEW, SEEN, [TEST], Curate())
+    kept, removed, report = curate.curate(NEW, SEEN, [TEST], Curate(**FIXED))
     assert [r["id"] for r in kept] == ["ok_bread", "c1", "ok_different", "ok_code"]
     assert {r["id"]: (r["reason"], r["duplicate_of"]) for r in removed} == EXPECTED_REMOVED
     assert report["in"] == len(NEW) and report["out"] == 4
@@ -87,7 +92,7 @@ def test_planted_fixture_exact_outcome():
 
 def test_seen_and_test_are_never_modified_and_order_is_kept():
     seen, test = json.dumps(SEEN), json.dumps(TEST)
-    kept, removed, _ = curate.curate(list(reversed(NEW)), SEEN, [TEST], Curate())
+    kept, removed, _ = curate.curate(list(reversed(NEW)), SEEN, [TEST], Curate(**FIXED))
     assert json.dumps(SEEN) == seen and json.dumps(TEST) == test
     # reversed input: the first of each cluster in *input* order wins
     assert [r["id"] for r in kept] == ["ok_code", "ok_different", "c3", "same_instruction"]
@@ -112,8 +117,10 @@ def test_cli(tmp_path):
 
     new, seen, test = write("new.jsonl", NEW), write("seen.jsonl", SEEN), write("test.jsonl", [TEST])
     out, report = tmp_path / "kept.jsonl", tmp_path / "report.json"
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"curate": FIXED}))  # YAML reads JSON
     result = CliRunner().invoke(main, ["curate", new, "--seen", seen, "--test", test, "--out", str(out),
-                                       "--report", str(report)])
+                                       "--report", str(report), "--params", str(params)])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["ok_bread", "c1", "ok_different",
                                                                                   "ok_code"]
@@ -138,3 +145,46 @@ def test_fast_rouge_l_equals_rouge_score():
         y = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 70)))
         expected = scorer.score(x, y)["rougeL"].fmeasure
         assert abs(curate.rouge_l(tokenize.tokenize(x, None), tokenize.tokenize(y, None)) - expected) < 1e-12
+
+
+HEADLINES = [  # the seed's own form: one-sentence passages of ~30 words, a headline each
+    ("Summarize this news item as a headline: The city council voted on Tuesday to extend the night bus "
+     "service to the northern suburbs after a year of complaints from shift workers who had no way home.",
+     "Council extends night buses to northern suburbs"),
+    ("Summarize this news item as a headline: Researchers at the coastal institute reported that the local "
+     "seal population has doubled over ten years, crediting a ban on net fishing near the breeding beaches.",
+     "Seal numbers double after net fishing ban"),
+    ("Summarize this news item as a headline: The regional airport will close its older terminal in March "
+     "while a new hall is built, and airlines have been asked to move all check-in desks by February.",
+     "Airport to shut old terminal during rebuild"),
+]
+
+
+def _headline_rows(prefix, pairs):
+    return [row(f"{prefix}{i}", p, r, "summarization") for i, (p, r) in enumerate(pairs)]
+
+
+def test_auto_bounds_fit_the_users_own_data():
+    """Headline pairs in the seeds' own form pass under the derived bounds; the old fixed 40-word passage
+    rule dropped every one of them."""
+    train = _headline_rows("s", HEADLINES[:2])
+    new = _headline_rows("n", HEADLINES[2:]) + [row("short", "Summarize: rain today.", "Rain.", "summarization")]
+    limits = filters.derive(train, Curate())
+    assert 15 <= limits["summarization"].min_passage <= 17  # half the shortest seed passage (32-33 words)
+    kept, removed, _ = curate.curate(new, train, [], Curate(), thresholds=limits)
+    assert [r["id"] for r in kept] == ["n0"]
+    assert {r["id"]: r["reason"] for r in removed} == {"short": "instruction_too_short"}
+    fixed = filters.derive(train, Curate(**FIXED))
+    _, removed, _ = curate.curate(new[:1], train, [], Curate(**FIXED), thresholds=fixed)
+    assert [r["reason"] for r in removed] == ["no_passage_to_summarize"]
+
+
+def test_derived_bounds_per_task_and_overrides():
+    train = [row("c1", "Classify the sentiment of this review: great food and friendly staff", "positive",
+                 "classification"),
+             row("c2", "Classify the sentiment of this review: cold soup, rude waiter, never again", "negative",
+                 "classification")] + _headline_rows("s", HEADLINES)
+    limits = filters.derive(train, Curate(max_response_tokens=5))
+    assert limits["classification"].min_response == 1 and limits["classification"].min_passage == 0
+    assert limits["summarization"].min_response >= 2 and limits["summarization"].max_response == 5
+    assert limits["classification"].max_instruction == 64  # 3x the longest (12 words), at least 64

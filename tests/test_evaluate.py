@@ -227,3 +227,32 @@ def test_canary_key_never_written(in_tmp, fake, capsys):
     written = [p for p in Path(".").rglob("*") if p.is_file()]
     assert written and not [p for p in written if CANARY in p.read_text(errors="replace")]
     assert CANARY not in result.output and CANARY not in str(capsys.readouterr())
+
+
+def test_the_papers_m_three_distinct_samples_per_response(in_tmp, fake):
+    """judge.m = 3: three requests per response with their own seeds, three judgments; V and C@ζ over all
+    the valid ones, a garbage sample excluded (never a 0)."""
+    setup_dir(in_tmp, fake.url, n=4, m=3, max_parse_retries=0, max_error_rate=0.5)
+    scores = {}
+
+    def reply(body):
+        content = body["messages"][0]["content"]
+        if "Student answer 3." in content and body["seed"] == min(scores.get("q3", [body["seed"]])):
+            scores.setdefault("q3", []).append(body["seed"])
+            return "garbage"
+        s = 40 + body["seed"] % 50  # a sampling judge: its score depends on the sample
+        scores.setdefault(body["seed"], s)
+        return GOOD % (s, s)
+
+    fake.default = (200, reply, {})
+    result = run_stage()
+    assert result.exit_code == 0, result.output
+    seeds = [r["body"]["seed"] for r in fake.requests]
+    assert len(fake.requests) == 12 and len(set(seeds)) == 12, "three distinct samples per response"
+    rows = read_jsonl("data/judgments.jsonl")
+    assert sorted((r["prompt_id"], r["judge_idx"]) for r in rows) == [(f"q{i}", j) for i in range(4) for j in range(3)]
+    valid = [r["similarity"] for r in rows if r["error"] is None]
+    assert len(valid) == 11 and sum(r["error"] is not None for r in rows) == 1
+    ev = json.loads(Path("metrics/eval.json").read_text())
+    assert ev["similarity"]["n"] == 11 and ev["similarity"]["mean"] == round(sum(valid) / 11, 3)
+    assert ev["similarity"]["c70"] == round(sum(v >= 70 for v in valid) / 11, 4)

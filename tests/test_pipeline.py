@@ -143,7 +143,8 @@ def test_cycle1_synthesizes_and_trains_on_synthetic_data(repo, cycle1):
     synth = jsonl(repo, "data/synth/cycle-1.jsonl")
     assert synth and all(r["id"].startswith("syn-c1-") for r in synth)
     meta = read(repo, "metrics/synth.json")
-    assert meta["cycle"] == 1 and meta["kept"] == len(synth) == 2 and len(meta["seeds"]) >= 2
+    assert meta["cycle"] == 1 and meta["kept"] == len(synth) >= 2
+    assert len(jsonl(repo, "data/synth/seeds-cycle-1.jsonl")) == meta["requests"] >= 1
     assert (repo / "data" / "synth" / "rejected-cycle-1.jsonl").exists()
     train = read(repo, "metrics/train.json")
     assert train["cycle"] == 1 and train["synth_rows"] == len(synth) and train["rows"] == 12 + len(synth)

@@ -64,3 +64,14 @@ def test_write_json_roundtrip(tmp_path):
     assert records.read_json(tmp_path / "m" / "x.json") == {"v": 1.5, "s": "é"}
     assert records.read_json(tmp_path / "missing.json", default={}) == {}
     assert os.stat(tmp_path / "m" / "x.json").st_mode & 0o777 == 0o666 & ~records._UMASK
+
+
+def test_loss_curve_is_bounded_and_evenly_spaced():
+    from duo import contracts
+
+    points = list(range(1001))
+    curve = contracts.evenly(points)
+    assert len(curve) == contracts.LOSS_CURVE_POINTS and curve[0] == 0 and curve[-1] == 1000
+    gaps = {b - a for a, b in zip(curve, curve[1:])}
+    assert gaps <= {5, 6}
+    assert contracts.evenly(points[:50]) == points[:50]

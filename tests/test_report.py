@@ -372,3 +372,18 @@ def test_pairwise_mode_reports_win_rates_without_histograms(project, tmp_path):
     page = html_path.read_text()
     assert f"{100 * ev['pairwise']['win']:.1f}%" in page and "closed_qa" in page
     assert "No data for this chart yet (similarity and precision histograms)" in page
+
+
+def test_a_filter_warning_reaches_the_report(project):
+    root, files = project
+    synth = files["synth"] | {"requests": 42, "pairs_generated": 126, "kept": 75, "target": 75, "surplus": 0,
+                              "keep_rate": 0.595, "exact_duplicate_rate": 0.0, "near_duplicate_rate": 0.01,
+                              "by_task": {"summarization": {"candidates": 51, "kept": 0,
+                                                            "removed": {"no_passage_to_summarize": 51}}},
+                              "warnings": ["summarization: no_passage_to_summarize removed 51 of 51 candidates"]}
+    records.write_json(root / "metrics" / "synth.json", synth)
+    data = _build(root)
+    page, md = report_render.html(data, {}), report_render.markdown(data, {})
+    for text in (page, md):
+        assert "no_passage_to_summarize removed 51 of 51 candidates" in text
+        assert "0 of 51 kept (no_passage_to_summarize 51)" in text

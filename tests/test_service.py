@@ -172,12 +172,14 @@ def test_requests_per_minute_limit(provider, monkeypatch):
     provider.default = (200, "ok", {})
     limiter = service.RateLimiter(rpm=2, tpm=0)
     clock = [0.0]
-    monkeypatch.setattr(service.time, "monotonic", lambda: clock[0])
+    from duo.service import limits
+
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
 
     async def fake_sleep(s):
         clock[0] += s
 
-    monkeypatch.setattr(service.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(limits.asyncio, "sleep", fake_sleep)
     import asyncio
 
     async def three():

@@ -1,0 +1,377 @@
+"""One configured service model (teacher or judge) and every call made to it, on top of litellm.
+
+Calls run on an event loop in a background thread for as long as the `Service` is open, so a stage
+can keep requests flowing while it works on the replies (`submit` returns a future at once). What a
+call survives:
+- bounded concurrency and requests-/tokens-per-minute limits, a timeout on every call;
+- 408/409/429/5xx/connection errors and timeouts: retried with jittered exponential backoff that
+  honours Retry-After, up to max_retries; 400 fails that request only; 401/403/404 stop the stage
+  after one call: the first call of a Service goes alone, so a bad key costs one call, not N;
+- context-window overflow: `on_overflow` (`truncate`: cut the longest message's middle to half and
+  retry once; `skip`: record the request as failed), counted either way;
+- budgets and quota: no call starts once this cycle's spend reaches `budget_usd` or the whole
+  migration's reaches `budget_total_usd` (spend read from every journal, teacher and judges together,
+  so reruns and other stages count), the stage stops with exit code EXIT_STOPPED (75), and everything
+  done so far is journaled.
+Successful replies are journaled (duo/service/journal.py) under a key of the full request, its
+sample index and its tag, so a rerun only pays for what is missing; failures are never journaled.
+With `batch`, requests go through the provider's batch API instead (duo/service/batch.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import random
+import threading
+from collections import deque
+from typing import Callable, Iterable
+
+import click
+
+from duo import local_llm, models
+from duo.service import errors
+from duo.service.calls import Reply, Request, Stats
+from duo.service.errors import ServiceFatal, ServiceStop
+from duo.service.journal import JOURNAL_DIR, Journal, ledger
+from duo.service.limits import RateLimiter
+
+log = logging.getLogger("duo.service")
+BATCH_PROVIDERS = ("openai", "azure", "hosted_vllm")  # litellm's OpenAI-style /v1/files + /v1/batches
+
+
+class Service:
+    """Use as a context manager: it starts the call loop (and, for `local`, a llama.cpp server)."""
+
+    def __init__(self, spec: str, *, api_base: str | None = None, timeout_s: float = 120.0,
+                 max_retries: int = 3, n_ctx: int = 4096, concurrency: int = 4, rpm: int = 0, tpm: int = 0,
+                 budget_usd: float = 0.0, budget_total_usd: float = 0.0, on_overflow: str = "truncate",
+                 backoff_s: float = 1.0, journal: str | None = None, cycle: int = 0, batch: bool = False,
+                 batch_poll_s: float = 30.0, batch_max: int = 50_000):
+        self.spec = spec
+        self.api_base = api_base
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.n_ctx = n_ctx
+        self.concurrency = max(1, concurrency)
+        self.budget_usd, self.budget_total_usd = budget_usd, budget_total_usd
+        self.on_overflow = on_overflow
+        self.backoff_s = backoff_s
+        self.journal_name = journal
+        self.cycle = cycle
+        self.batched = batch
+        self.batch_poll_s, self.batch_max = batch_poll_s, batch_max
+        self.is_local = spec == "local" or spec.startswith("local:")
+        self.model = "openai/local" if self.is_local else spec
+        self.stats = Stats()
+        self.stopped: str | None = None
+        self.journal: Journal | None = None
+        self._limiter = RateLimiter(rpm, tpm)
+        self._in_flight = 0
+        self._probing = False
+        self._fatal: BaseException | None = None
+        self._priced: bool | None = None
+        self._buffer: list[tuple[Request, concurrent.futures.Future]] = []
+        self._futures: set[concurrent.futures.Future] = set()
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def supports_schema(self) -> bool:
+        """llama.cpp accepts a JSON schema inside response_format={"type": "json_object"}."""
+        return self.is_local
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0] if "/" in self.model else "openai"
+
+    def __enter__(self) -> "Service":
+        import litellm  # noqa: F401  (seconds to import: pay it here, not inside the first call's timeout)
+
+        if self.batched and (self.is_local or self.provider not in BATCH_PROVIDERS):
+            raise click.ClickException(f"service.batch: {self.spec} has no batch API duo can use (litellm's "
+                                       f"OpenAI-style batches: {', '.join(BATCH_PROVIDERS)}); set service.batch: false")
+        if self.is_local:
+            gguf = models.resolve_gguf(self.spec)
+            self.api_base = self._stack.enter_context(
+                local_llm.serve(gguf, n_ctx=self.n_ctx, log_name=f"service-{os.getpid()}"))
+        if self.journal_name:
+            self.journal = Journal(self.journal_name)
+            self._stack.callback(self.journal.close)
+        self.spent = ledger()
+        self._loop = asyncio.new_event_loop()
+        self._sem, self._opened = asyncio.Semaphore(self.concurrency), asyncio.Event()
+        thread = threading.Thread(target=self._loop.run_forever, name="duo-service", daemon=True)
+        thread.start()
+
+        def stop_loop():
+            self.cancel_all()
+            asyncio.run_coroutine_threadsafe(_cancel_tasks(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            thread.join()
+            self._loop.close()
+
+        self._stack.callback(stop_loop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    # -- submitting ------------------------------------------------------------------------------
+    def submit(self, req: Request) -> concurrent.futures.Future:
+        """Start one request (with `batch`: queue it for the next `flush`); the future holds its Reply
+        or raises ServiceStop / ServiceFatal."""
+        if self.batched:
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            self._buffer.append((req, fut))
+            if len(self._buffer) >= self.batch_max:
+                self.flush()
+        else:
+            fut = asyncio.run_coroutine_threadsafe(self._complete(req), self._loop)
+        self._futures.add(fut)
+        fut.add_done_callback(self._futures.discard)
+        return fut
+
+    def flush(self) -> None:
+        """Send what `submit` queued as one provider batch job (no-op without `batch`)."""
+        if not self._buffer:
+            return
+        from duo.service import batch
+
+        items, self._buffer = self._buffer, []
+        job = asyncio.run_coroutine_threadsafe(batch.run(self, items), self._loop)
+
+        def settle(done: concurrent.futures.Future) -> None:
+            exc = None if done.cancelled() else done.exception()
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc or ServiceStop("provider batch was cancelled"))
+
+        job.add_done_callback(settle)
+        self._futures.add(job)
+        job.add_done_callback(self._futures.discard)
+
+    def cancel_all(self) -> None:
+        """Abandon every unfinished request (after a stop or fatal error; done work stays journaled)."""
+        self._buffer = []
+        for fut in list(self._futures):
+            fut.cancel()
+
+    def map(self, requests: Iterable[Request], on_done: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        """Replies in input order; requests flow continuously with a bounded number committed ahead
+        (the whole list as batch jobs with `batch`). Raises ServiceStop / ServiceFatal."""
+        requests = list(requests)
+        window = self.batch_max if self.batched else max(64, 4 * self.concurrency)
+        out: list[Reply] = []
+        pending: deque = deque()
+        nxt = 0
+        try:
+            while len(out) < len(requests):
+                if not pending or not self.batched:
+                    while nxt < len(requests) and len(pending) < window:
+                        pending.append(self.submit(requests[nxt]))
+                        nxt += 1
+                    self.flush()
+                out.append(pending.popleft().result())
+                if on_done:
+                    on_done(len(out) - 1, out[-1])
+        except BaseException:
+            self.cancel_all()
+            raise
+        return out
+
+    def complete(self, req: Request) -> Reply:
+        return self.map([req])[0]
+
+    # -- one request ------------------------------------------------------------------------------
+    def replay(self, req: Request) -> Reply | None:
+        """The journaled reply of this request, counted in the stats, or None."""
+        rec = self.journal.get(req.key(self.model)) if self.journal else None
+        if rec is None:
+            return None
+        reply = Reply(text=rec["text"], prompt_tokens=rec["prompt_tokens"], completion_tokens=rec["completion_tokens"],
+                      cost_usd=rec["cost_usd"], cached=True, cycle=rec.get("cycle"))
+        self.stats.cached += 1
+        if reply.cycle == self.cycle:
+            self.stats.add(reply, fresh=False)  # paid earlier in this cycle: this stage's work, not paid again
+        else:
+            self.stats.reused += 1
+        return reply
+
+    def check_budget(self) -> None:
+        if self.stopped:
+            raise ServiceStop(self.stopped)
+        cycle, total = self.spent.cycle(self.cycle), self.spent.total()
+        if self.budget_usd and cycle >= self.budget_usd:
+            self.stopped = (f"service.budget_usd={self.budget_usd} reached: cycle {self.cycle} has spent "
+                            f"${cycle:.4f} (teacher and judges, reruns included); work so far is kept in "
+                            f"{JOURNAL_DIR}; raise the budget and rerun to continue")
+        elif self.budget_total_usd and total >= self.budget_total_usd:
+            self.stopped = (f"service.budget_total_usd={self.budget_total_usd} reached: ${total:.4f} spent over "
+                            f"all cycles; work so far is kept in {JOURNAL_DIR}; raise it to continue")
+        if self.stopped:
+            raise ServiceStop(self.stopped)
+
+    def record(self, key: str, reply: Reply) -> None:
+        """Book a fresh reply: stats, ledger, journal (fsync'd before anyone uses it)."""
+        if reply.error is not None:
+            self.stats.failed += 1
+            return
+        reply.cycle = self.cycle
+        if reply.cost_usd is None and (self.budget_usd or self.budget_total_usd):
+            self.stopped = (f"service.budget_usd / budget_total_usd is set but litellm has no price for "
+                            f"{self.model}; the cap cannot be enforced (set both to 0 to run uncapped)")
+        self.stats.add(reply, fresh=True)
+        self.spent.add(self.cycle, reply.cost_usd)
+        if self.journal:
+            self.journal.add(key, reply, self.cycle)
+
+    async def _await_probe(self) -> bool:
+        """The first call of a Service goes alone: a bad key or unknown model then costs one call, not
+        `concurrency` of them. True when this call is that probe."""
+        if self._opened.is_set():
+            if self._fatal:
+                raise self._fatal
+            return False
+        if not self._probing:
+            self._probing = True
+            return True
+        await self._opened.wait()
+        if self._fatal:
+            raise self._fatal
+        return False
+
+    async def _complete(self, req: Request) -> Reply:
+        cached = self.replay(req)
+        if cached:
+            return cached
+        probe = await self._await_probe()
+        try:
+            async with self._sem:
+                reply = await self._attempts(req)
+        except (ServiceStop, ServiceFatal) as exc:
+            if probe:
+                self._fatal = exc
+            raise
+        finally:
+            if probe:
+                self._opened.set()
+        self.record(req.key(self.model), reply)
+        return reply
+
+    async def _attempts(self, req: Request) -> Reply:
+        messages, attempt, truncated = req.messages, 0, False
+        while True:
+            self.check_budget()
+            await self._limiter.acquire(req.token_estimate())
+            self.check_budget()
+            self.stats.calls += 1
+            self._in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
+            try:
+                return await self._call(messages, req)
+            except (asyncio.CancelledError, ServiceStop, ServiceFatal):
+                raise
+            except Exception as exc:
+                kind = errors.classify(exc, self.spec)
+                if kind == "overflow":
+                    self.stats.overflows += 1
+                    if self.on_overflow == "truncate" and not truncated:
+                        messages, truncated = errors.truncate(messages), True
+                        continue
+                    return Reply(text=None, error="context window exceeded (skipped)")
+                if kind == "retry" and attempt >= self.max_retries and errors.status(exc) == 429:
+                    self.stopped = (f"provider still rate-limiting after {attempt} retries; work so far is "
+                                    f"kept; rerun later or lower service.rpm / service.concurrency")
+                    raise ServiceStop(self.stopped) from None
+                if kind == "retry" and attempt < self.max_retries:
+                    attempt += 1
+                    self.stats.retries += 1
+                    wait = errors.retry_after(exc)
+                    if wait is None:
+                        wait = min(60.0, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random())
+                    log.warning("service %s: %s, retry %d in %.1fs", self.spec, type(exc).__name__, attempt, wait)
+                    await asyncio.sleep(wait)
+                    continue
+                return Reply(text=None, error=errors.scrub(f"{type(exc).__name__}: {exc}")[:500])
+            finally:
+                self._in_flight -= 1
+
+    def call_kwargs(self, req: Request, messages: list | None = None) -> dict:
+        """litellm arguments of one request (also the body of a batch line)."""
+        kwargs = dict(req.body(self.model), messages=messages or req.messages)
+        for optional in ("seed", "response_format"):
+            if kwargs[optional] is None:
+                del kwargs[optional]
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self.is_local:
+            kwargs["api_key"] = "no-key"  # the loopback server checks none
+        return kwargs
+
+    async def _call(self, messages: list, req: Request) -> Reply:
+        import litellm
+
+        litellm.drop_params = True  # providers without seed/response_format still answer
+        litellm.suppress_debug_info = True  # its banners go to stdout and can carry request details
+        # retries are ours alone (counted, journaled, Retry-After aware): none in litellm or the SDK
+        resp = await litellm.acompletion(**self.call_kwargs(req, messages), timeout=self.timeout_s,
+                                         num_retries=0, max_retries=0)
+        return self.reply_of(resp)
+
+    def reply_of(self, resp, price: bool = True) -> Reply:
+        """A litellm ModelResponse as a Reply, priced from litellm's bundled table (None: unknown)."""
+        import litellm
+
+        text = resp.choices[0].message.content or ""
+        usage = getattr(resp, "usage", None)
+        hidden = getattr(resp, "_hidden_params", None) or {}
+        if self.is_local or not price:
+            cost = 0.0
+        elif hidden.get("response_cost") is not None:
+            cost = float(hidden["response_cost"])  # litellm priced it already, on its way out
+        elif self._priced is False:
+            cost = None  # known to be unpriced: skip litellm's lookup (and its exception) per call
+        else:
+            try:
+                cost = float(litellm.completion_cost(completion_response=resp))
+                self._priced = True
+            except Exception:  # unknown price: tokens still count, cost unknown
+                cost, self._priced = None, False
+        return Reply(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                     completion_tokens=getattr(usage, "completion_tokens", 0) or 0, cost_usd=cost)
+
+
+async def _cancel_tasks() -> None:
+    """What asyncio.run does before closing its loop: cancel and await every task still there, so none
+    is destroyed pending. litellm's own bookkeeping (its logging worker, which e.g. fetches a finished
+    batch's output to price it) gets a few seconds to finish first."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    try:
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=5)
+    except Exception:  # its bookkeeping only; ours is journaled
+        pass
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+def from_params(p, model_override: str | None = None, journal: str | None = None, cycle: int = 0) -> Service:
+    """A Service for `service.*`, or for a teacher/judge override. An override may carry its own
+    endpoint as `model@http://host:port/v1`; without one it uses service.api_base only when it is
+    the service model itself."""
+    spec = model_override or p.model
+    if not spec:
+        raise click.ClickException("params.yaml: service.model is empty")
+    api_base = p.api_base if spec == p.model else None
+    if "@http" in spec:
+        spec, _, rest = spec.partition("@")
+        api_base = rest
+    return Service(spec, api_base=api_base, timeout_s=p.timeout_s, max_retries=p.max_retries, n_ctx=p.n_ctx,
+                   concurrency=p.concurrency, rpm=p.rpm, tpm=p.tpm, budget_usd=p.budget_usd,
+                   budget_total_usd=p.budget_total_usd, on_overflow=p.on_overflow, journal=journal, cycle=cycle,
+                   batch=p.batch, batch_poll_s=p.batch_poll_s)

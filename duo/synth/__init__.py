@@ -1,0 +1,2 @@
+"""Synthetic data: what the teacher is asked (teacher.py), streaming synthesis (generate.py), and
+curation against one incremental index (curate.py, filters.py)."""
