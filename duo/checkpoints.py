@@ -128,6 +128,7 @@ class Checkpoints:
             try:
                 original_save(model, trial, **kwargs)
                 built = staging / f"checkpoint-{step}"
+                self._point_best_here(trainer, built)
                 seal(built, step)
                 final = self.dir / built.name
                 if final.exists():
@@ -137,14 +138,26 @@ class Checkpoints:
             finally:
                 del trainer._get_output_dir  # back to the class's method
                 shutil.rmtree(staging, ignore_errors=True)
-            self._rotate()
+            self._rotate(trainer.state.best_global_step)
 
         trainer._save_checkpoint = atomic_save
 
-    def _rotate(self) -> None:
+    def _point_best_here(self, trainer, built: Path) -> None:
+        """The Trainer records the best checkpoint (early stopping) under the staging folder it wrote to;
+        point it at the checkpoint's final place, in memory and in the state saved with the checkpoint."""
+        best = trainer.state.best_global_step
+        if not best:
+            return
+        trainer.state.best_model_checkpoint = str(self.dir / f"checkpoint-{best}")
+        state = built / "trainer_state.json"
+        if state.exists():
+            trainer.state.save_to_json(str(state))
+
+    def _rotate(self, best: int | None = None) -> None:
         sealed = sorted((f for f in self.dir.glob("checkpoint-*") if (f / MARKER).is_file()), key=_step)
         for old in sealed[:-KEEP]:
-            shutil.rmtree(old, ignore_errors=True)
+            if _step(old) != best:  # the best checkpoint stays: early stopping restores it at the end
+                shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> str | None:
         """The newest complete checkpoint to resume from, or None; damaged ones are skipped loudly."""

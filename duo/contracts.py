@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 TRAIN = Path("data/train.jsonl")
-TEST = Path("data/test.jsonl")
+VAL = Path("data/val.jsonl")    # carved from train: early stopping and choosing defaults look here
+TEST = Path("data/test.jsonl")  # the judge's: read only by infer and evaluate
 SYNTH_DIR = Path("data/synth")
 SYNTH_METRICS = Path("metrics/synth.json")
 _CYCLE_FILE = re.compile(r"^cycle-(\d+)\.jsonl$")

@@ -140,15 +140,20 @@ class Finetune:
     threads: int = 0
     seed: int = 42
     save_steps: int = 10
+    validation_ratio: float = 0.1
+    early_stopping_patience: int = 1
     lora: Lora = field(default_factory=Lora)
 
     def check(self):
-        if self.micro_batch_size == "auto":
-            return
-        if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
+        if self.micro_batch_size != "auto" and (
+                self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size)):
             raise ValueError("micro_batch_size must divide batch_size")
         if self.frozen_cache_mb < 0:
             raise ValueError("frozen_cache_mb must be >= 0 (0 = off)")
+        if not 0.0 <= self.validation_ratio < 1.0:
+            raise ValueError("validation_ratio must be in [0, 1) (0 = no validation split, no early stopping)")
+        if self.early_stopping_patience < 0:
+            raise ValueError("early_stopping_patience must be >= 0 (0 = off)")
 
 
 @dataclass

@@ -94,12 +94,16 @@ def micro_batch(p, device: str) -> int:
     return min(size, p.batch_size)
 
 
-def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict:
-    """Train a LoRA adapter on `rows`; write it (with chat template and resolved params) to `out`."""
+def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), log=click.echo) -> dict:
+    """Train a LoRA adapter on `rows`; write it (with chat template and resolved params) to `out`. With
+    validation rows, their loss is measured every checkpoint (every epoch without checkpoints); with
+    early_stopping_patience, training stops after that many evaluations without a lower loss and the
+    best evaluation's adapter is the one written."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     if p.threads:
@@ -133,9 +137,19 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
                       target_modules=p.lora.target_modules, task_type="CAUSAL_LM",
                       layers_to_transform=top_layers(p.lora.layers, model.config.num_hidden_layers))
     work = Path(tempfile.mkdtemp(prefix=".finetune.", dir=out.parent))
-    ckpt = checkpoints.Checkpoints.for_run(rows, params_mod.as_dict(p), base, p.save_steps, log=log)
+    ckpt = checkpoints.Checkpoints.for_run(list(rows) + list(val), params_mod.as_dict(p), base, p.save_steps, log=log)
+    early = bool(val) and p.early_stopping_patience > 0
+    evaluation = {}
+    if val:
+        # validation loss at every checkpoint (the best one is kept and restored), else every epoch
+        evaluation = {"eval_strategy": "steps" if p.save_steps else "epoch", "per_device_eval_batch_size": micro,
+                      "load_best_model_at_end": early and p.save_steps > 0, "metric_for_best_model": "eval_loss",
+                      "greater_is_better": False, "restore_callback_states_from_checkpoint": True}
+        if p.save_steps:
+            evaluation["eval_steps"] = p.save_steps
     config = SFTConfig(
         **ckpt.trainer_args(),  # .duo/checkpoints/<key>/, every finetune.save_steps, sealed
+        **evaluation,
         num_train_epochs=p.epochs,
         max_steps=p.max_steps,
         learning_rate=p.lr,
@@ -163,7 +177,9 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
         disable_tqdm=not progress.enabled(),
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora)
+                         peft_config=lora, eval_dataset=Dataset.from_list(to_conversations(val)) if val else None,
+                         callbacks=[EarlyStoppingCallback(p.early_stopping_patience)] if early else None)
+    trainer.remove_callback(PrinterCallback)  # a dict per step is noise in a log; the curve is in train.json
     log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'bf16 autocast' if bf16 else 'fp32'} on "
         f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
     ckpt.attach(trainer)
@@ -195,6 +211,8 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
 
     ckpt.clean()
     history = [h for h in trainer.state.log_history if "loss" in h]
+    evals = [{"step": h["step"], "loss": round(h["eval_loss"], 4)} for h in trainer.state.log_history
+             if "eval_loss" in h]
     seen_tokens = sum(min(n, p.max_length) for n in lengths) * (
         trainer.state.global_step * p.batch_size * p.grad_accum / max(1, len(rows)))
     return {
@@ -206,6 +224,11 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
                             else sum(h["loss"] for h in history) / len(history), 4),
         "final_loss": round(history[-1]["loss"], 4) if history else None,
         "loss_curve": contracts.evenly([{"step": h["step"], "loss": round(h["loss"], 4)} for h in history]),
+        "validation_rows": len(val),
+        "validation_curve": contracts.evenly(evals),
+        "best_validation_loss": min((e["loss"] for e in evals), default=None),
+        "best_step": trainer.state.best_global_step if early else None,
+        "stopped_early": bool(early and trainer.state.global_step < trainer.state.max_steps),
         "tokens": int(seen_tokens),
         "tokens_per_s": round(seen_tokens / seconds, 1) if seconds else None,
         "train_seconds": round(seconds, 1),
@@ -227,10 +250,11 @@ def train(rows: list[dict], p, base: Path, out: Path, *, log=click.echo) -> dict
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     p = params.finetune
-    rows, n_synth = load_rows(Path("data/train.jsonl"), params.cycle)
+    rows, n_synth = load_rows(contracts.TRAIN, params.cycle)
+    val = records.read_records(contracts.VAL, FIELDS, unique="id", allow_empty=True) if contracts.VAL.exists() else []
     if not BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{BASE} holds no model: run the base stage first (dvc repro base)")
-    metrics = train(rows, p, BASE, OUT)
+    metrics = train(rows, p, BASE, OUT, val=val)
     metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth}
     records.write_json("metrics/train.json", metrics)
     progress.summary("finetune", f"{len(rows)} rows ({n_synth} synthetic), {metrics['steps']} steps, loss "

@@ -1,8 +1,8 @@
 """synthesize (cycle >= 1): the teacher writes new (instruction, response) pairs seeded from train,
-curated as they land (duo/synth/generate.py), until `synth.per_cycle` kept pairs (x 2^(cycle-1) with
-`schedule: doubling`) or `synth.max_requests`.
+curated as they land (duo/synth/generate.py; decontaminated against test and validation), until
+`synth.per_cycle` kept pairs (x 2^(cycle-1) with `schedule: doubling`) or `synth.max_requests`.
 
-Run: python -m stages.synthesize   (reads data/train.jsonl, data/test.jsonl, earlier data/synth/cycle-*.jsonl;
+Run: python -m stages.synthesize   (reads data/{train,val,test}.jsonl, earlier data/synth/cycle-*.jsonl;
 writes data/synth/{cycle,rejected-cycle,seeds-cycle}-<t>.jsonl and metrics/synth.json)
 """
 from __future__ import annotations
@@ -26,13 +26,15 @@ def main(params_path: str) -> None:
         progress.summary("synthesize", "cycle 0, nothing to synthesize")
         return
     train = records.read_records(c.TRAIN, records.ROW_FIELDS, unique="id")
-    test = records.read_records(c.TEST, records.ROW_FIELDS, unique="id")
+    # held out from synthesis: the judge's test split and the validation split defaults are chosen on
+    held_out = records.read_records(c.TEST, records.ROW_FIELDS, unique="id") + (
+        records.read_records(c.VAL, records.ROW_FIELDS, unique="id", allow_empty=True) if c.VAL.exists() else [])
     earlier = [row for path in c.synth_files(1, cycle - 1)
                for row in records.read_records(path, records.ROW_FIELDS, allow_empty=True)]
     target = generate.target_rows(params.synth, cycle)
     with service.from_params(params.service, params.synth.model, journal="synth", cycle=cycle) as svc, \
             progress.bar(target or None, "synthesize", unit="row" if target else "req") as bar:
-        result = generate.synthesize(train, test, earlier, svc, params.synth, params.curate, cycle, bar.update)
+        result = generate.synthesize(train, held_out, earlier, svc, params.synth, params.curate, cycle, bar.update)
     metrics = result.metrics | {"service": svc.stats.as_dict()}
     records.write_jsonl(c.seeds_file(cycle), result.seeds)
     records.write_jsonl(c.rejected_file(cycle), result.rejected)

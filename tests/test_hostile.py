@@ -51,21 +51,22 @@ def test_bom_and_crlf_file_goes_through_prepare_unchanged(tmp_path, monkeypatch)
     project(tmp_path, monkeypatch, b"\xef\xbb\xbf" + text.encode())
     result = CliRunner().invoke(prepare.main, [])
     assert result.exit_code == 0, result.output
-    out = records.read_records("data/train.jsonl", FIELDS) + records.read_records("data/test.jsonl", FIELDS)
+    out = [r for n in ("train", "val", "test") for r in records.read_records(f"data/{n}.jsonl", FIELDS, allow_empty=True)]
     assert sorted(out, key=lambda r: r["id"]) == rows
     assert b"\r" not in Path("data/train.jsonl").read_bytes()
     # Same split as splitting the rows themselves (the streaming path keeps the order).
-    train, test = prepare.split(rows, 0.8, 42)
+    train, val, test = prepare.split(rows, 0.8, 42, 0.1)
     assert records.read_records("data/test.jsonl", FIELDS) == test
+    assert records.read_records("data/val.jsonl", FIELDS, allow_empty=True) == val
 
 
 def test_prepare_output_is_byte_identical_across_runs(tmp_path, monkeypatch):
     coverage = "".join(json.dumps(row(i, task="abc"[i % 3])) + "\n" for i in range(60)).encode()
     project(tmp_path, monkeypatch, coverage)
     assert CliRunner().invoke(prepare.main, []).exit_code == 0
-    first = [Path(f"data/{n}.jsonl").read_bytes() for n in ("train", "test")]
+    first = [Path(f"data/{n}.jsonl").read_bytes() for n in ("train", "val", "test")]
     assert CliRunner().invoke(prepare.main, []).exit_code == 0
-    assert [Path(f"data/{n}.jsonl").read_bytes() for n in ("train", "test")] == first
+    assert [Path(f"data/{n}.jsonl").read_bytes() for n in ("train", "val", "test")] == first
 
 
 # Peak RSS from /proc (VmHWM): ru_maxrss survives exec on Linux, so a child of a big pytest process
@@ -100,7 +101,8 @@ def test_100k_rows_are_split_in_bounded_memory(tmp_path):
     # Reading the rows as dicts costs ~2.4x the file (113 MB here); the streaming split holds (id, task,
     # offset) per row only (~0.9x for these 480-byte rows, and the same absolute amount for longer ones).
     assert growth_kb < 1.2 * size_kb, (growth_kb, size_kb)
-    assert sum(1 for _ in open(tmp_path / "data" / "train.jsonl")) == 80_000
+    assert sum(1 for _ in open(tmp_path / "data" / "train.jsonl")) == 72_000  # 80k, a tenth of it validation
+    assert sum(1 for _ in open(tmp_path / "data" / "val.jsonl")) == 8_000
 
 
 def test_finetune_refuses_bad_data_before_loading_any_model(tmp_path, monkeypatch):

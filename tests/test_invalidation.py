@@ -15,7 +15,7 @@ from tests.conftest import copy_project
 
 OUTS = ["models/base/config.json", "models/adapter/adapter_config.json", "models/student.gguf", "models/Modelfile",
         "models/MODEL_CARD.md", "models/lora/placeholder",
-        "data/train.jsonl", "data/test.jsonl", "data/synth/cycle-1.jsonl", "data/predictions.jsonl",
+        "data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/synth/cycle-1.jsonl", "data/predictions.jsonl",
         "data/judgments.jsonl", "data/teacher.jsonl", "metrics/synth.json", "metrics/train.json",
         "metrics/export.json", "metrics/infer.json", "metrics/eval.json", "metrics/cycle.json", "metrics/cost.json",
         "metrics/plots/loss.json", "metrics/plots/scores.json", "metrics/plots/tasks.json"]
@@ -37,6 +37,7 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("stages/plots.py", {"plots"}),
     ("params:student.source", {"base"}),
     ("params:coverage.seed", {"prepare"}),
+    ("params:finetune.validation_ratio", {"prepare", "finetune"}),
     ("params:curate.shingle", {"synthesize"}),
     ("params:synth.temperature", {"synthesize"}),
     ("params:synth.model", {"synthesize", "evaluate"}),  # the teacher also answers for P-Match

@@ -27,13 +27,25 @@ def test_shipped_sample_data_is_a_real_coverage_set():
 
 def test_split_is_per_task_seeded_and_by_ratio():
     data = rows({"a": 10, "b": 5})
-    train, test = prepare.split(data, 0.8, seed=1)
-    assert Counter(r["task"] for r in test) == {"a": 2, "b": 1}
+    train, val, test = prepare.split(data, 0.8, seed=1)
+    assert Counter(r["task"] for r in test) == {"a": 2, "b": 1} and val == []
     assert len(train) + len(test) == 15 and not {r["id"] for r in train} & {r["id"] for r in test}
     again = prepare.split(list(reversed(data)), 0.8, seed=1)
-    assert again == (train, test), "input order does not change the split"
+    assert again == (train, val, test), "input order does not change the split"
     other = prepare.split(data, 0.8, seed=2)
-    assert {r["id"] for r in other[1]} != {r["id"] for r in test}
+    assert {r["id"] for r in other[2]} != {r["id"] for r in test}
+
+
+def test_validation_is_carved_from_train_per_task_and_never_touches_test():
+    data = rows({"a": 40, "b": 10, "c": 3})
+    _, _, test_before = prepare.split(data, 0.8, seed=7)
+    train, val, test = prepare.split(data, 0.8, seed=7, validation_ratio=0.25)
+    assert test == test_before, "the judge's split does not depend on the validation ratio"
+    assert Counter(r["task"] for r in val) == {"a": 8, "b": 2, "c": 1}
+    ids = [{r["id"] for r in part} for part in (train, val, test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]) and sum(map(len, ids)) == len(data)
+    assert Counter(r["task"] for r in train)["c"] == 1, "a task keeps at least one training row"
+    assert prepare.split(data, 0.8, seed=7, validation_ratio=0.25) == (train, val, test)
 
 
 def test_task_that_cannot_be_split_is_refused():
