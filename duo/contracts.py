@@ -11,6 +11,10 @@ VAL = Path("data/val.jsonl")    # carved from train: early stopping and choosing
 TEST = Path("data/test.jsonl")  # the judge's: read only by infer and evaluate
 SYNTH_DIR = Path("data/synth")
 SYNTH_METRICS = Path("metrics/synth.json")
+# The one file dvc.yaml declares as metrics: the headline of a cycle, one row of `dvc exp show`.
+# The detailed files (synth, train, export, infer, eval, cycle, cost) are plain outputs beside it.
+SUMMARY = Path("metrics/summary.json")
+SCORE_ABBREV = {"similarity": "sim", "precision": "prec"}
 _CYCLE_FILE = re.compile(r"^cycle-(\d+)\.jsonl$")
 
 
@@ -55,3 +59,20 @@ def evenly(points: list, n: int = LOSS_CURVE_POINTS) -> list:
     if len(points) <= n:
         return list(points)
     return [points[round(i * (len(points) - 1) / (n - 1))] for i in range(n)]
+
+
+def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, zetas: list[int]) -> dict:
+    """A cycle's headline in flat, short keys: gate value, V and C@ζ per score (ζ from judge.zetas, C as
+    a share), ROUGE-L, exact match, service cost, training seconds."""
+    out = {"cycle": verdict["cycle"], "gate": verdict["value"], "passed": verdict["passed"]}
+    for score, short in SCORE_ABBREV.items():
+        block = eval_metrics.get(score) or {}
+        out[f"{short}_V"] = block.get("mean")
+        for z in zetas:
+            out[f"{short}_C{z}"] = block.get(f"c{z}")
+    if eval_metrics.get("pairwise"):
+        out["win"] = eval_metrics["pairwise"].get("win")
+    ref = eval_metrics.get("reference") or {}
+    out |= {"rougeL": ref.get("rougeL"), "em": ref.get("exact_match"), "cost_usd": cost.get("cost_usd"),
+            "train_s": (train or {}).get("train_seconds")}
+    return out

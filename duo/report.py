@@ -43,7 +43,7 @@ def _jsonl(root: Path, rel: str) -> list[dict]:
 # ---- across cycles: the DVC experiments ----------------------------------------------------------
 
 def parse_exp_show(blob: list) -> list[dict]:
-    """Finished experiments from `dvc exp show --json`: name, cycle, timestamp and the metrics files."""
+    """Finished experiments from `dvc exp show --json`: name, cycle, timestamp, commit and headline."""
     out = []
     for baseline in blob or []:
         for exp in baseline.get("experiments") or []:
@@ -53,11 +53,21 @@ def parse_exp_show(blob: list) -> list[dict]:
                 data = rev.get("data") or {}
                 metrics = {Path(path).stem: (v or {}).get("data") for path, v in (data.get("metrics") or {}).items()}
                 cycle = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("cycle")
-                if isinstance(cycle, int) and metrics.get("eval"):
+                if isinstance(cycle, int) and metrics.get("summary"):
                     out.append({"name": rev.get("name") or exp.get("name"), "cycle": cycle,
                                 "timestamp": data.get("timestamp") or "", "source": "experiment",
-                                **{k: metrics.get(f) for k, f in METRICS.items()}})
+                                "rev": data.get("rev") or rev.get("rev"), "summary": metrics["summary"]})
     return out
+
+
+def _from_commit(root: Path, rev: str, rel: str):
+    """A detailed metrics file as the experiment's commit holds it (dvc.yaml declares only the headline
+    as metrics; the others are plain outputs, committed with each experiment)."""
+    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True)
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+    except ValueError:
+        return None
 
 
 def experiments(root: Path) -> tuple[list[dict], str | None]:
@@ -67,7 +77,11 @@ def experiments(root: Path) -> tuple[list[dict], str | None]:
     text = proc.stdout.strip()
     if proc.returncode != 0 or not text.startswith("["):
         return [], "no DVC experiments could be read (not a DVC/git repository yet?)"
-    found = parse_exp_show(json.loads(text))
+    found = []
+    for exp in parse_exp_show(json.loads(text)):
+        exp |= {k: _from_commit(root, exp["rev"], f"metrics/{f}.json") for k, f in METRICS.items()}
+        if exp.get("eval"):
+            found.append(exp)
     return found, None if found else "no finished DVC experiments yet"
 
 

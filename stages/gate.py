@@ -1,13 +1,15 @@
 """gate: compare the chosen statistic of metrics/eval.json with ε and write the verdict; sum the
-cycle's service usage into metrics/cost.json.
+cycle's service usage into metrics/cost.json; write the cycle's headline, metrics/summary.json (what
+`dvc exp show` lists).
 
-Run: python -m stages.gate   (reads metrics/eval.json, metrics/synth.json; writes metrics/cycle.json,
-metrics/cost.json)
+Run: python -m stages.gate   (reads metrics/eval.json, metrics/synth.json, metrics/train.json; writes
+metrics/cycle.json, metrics/cost.json, metrics/summary.json)
 """
 from __future__ import annotations
 
 import click
 
+from duo import contracts
 from duo import params as params_mod
 from duo import progress
 from duo import records
@@ -54,8 +56,11 @@ def main(params_path: str) -> None:
     if metrics is None:
         raise click.ClickException("metrics/eval.json missing: run the evaluate stage first")
     v = verdict(metrics, params.gate, params.cycle)
-    records.write_json("metrics/cost.json", cost(records.read_json("metrics/synth.json"), metrics, params.cycle))
+    spent = cost(records.read_json(contracts.SYNTH_METRICS), metrics, params.cycle)
+    records.write_json("metrics/cost.json", spent)
     records.write_json("metrics/cycle.json", v)
+    records.write_json(contracts.SUMMARY, contracts.summary(metrics, records.read_json("metrics/train.json"), spent,
+                                                            v, params.judge.zetas))
     progress.summary("gate", f"cycle {v['cycle']}: {v['score']} {v['statistic']} = {v['value']} vs ε = "
                      f"{v['threshold']} -> {'PASSED' if v['passed'] else 'not passed'}; next: {v['next']}")
 

@@ -126,6 +126,10 @@ def test_cycle0_runs_every_stage_and_writes_its_outputs(repo, cycle0):
     assert set(ev["reference"]["by_task"]) == {"classification", "closed_qa", "coding", "summarization"}
     verdict = read(repo, "metrics/cycle.json")
     assert verdict["cycle"] == 0 and verdict["passed"] is False and verdict["next"].startswith("run cycle 1")
+    headline = read(repo, "metrics/summary.json")
+    assert headline["prec_V"] == ev["precision"]["mean"] and headline["sim_C70"] == ev["similarity"]["c70"]
+    assert headline["rougeL"] == ev["reference"]["rougeL"] and headline["train_s"] == train["train_seconds"]
+    assert len(headline) <= 16 and all(not isinstance(v, (dict, list)) for v in headline.values())
 
 
 def test_student_gguf_answers_a_chat_prompt(repo, cycle0):
@@ -160,8 +164,9 @@ def test_exp_show_compares_cycles(repo, cycle1):
                           text=True, check=True)
     header, *lines = proc.stdout.splitlines()
     cols = header.split(",")
-    for col in ("similarity.mean", "similarity.c70", "precision.mean", "precision.c50", "cycle"):
+    for col in ("sim_V", "sim_C70", "prec_V", "prec_C50", "rougeL", "cost_usd", "train_s", "cycle"):
         assert any(c.endswith(col) for c in cols), col
+    assert not any("by_task" in c or "loss_curve" in c for c in cols), "only the headline is a metrics file"
     names = [line.split(",")[cols.index("Experiment")] for line in lines]
     assert "cycle-0" in names and "cycle-1" in names
 

@@ -273,7 +273,8 @@ def _dvc(repo: Path, *args) -> subprocess.CompletedProcess:
 
 
 def test_series_comes_from_real_dvc_experiments(tmp_path):
-    """Two real `dvc exp run`s of a one-stage pipeline whose eval.json depends on the cycle."""
+    """Two real `dvc exp run`s of a one-stage pipeline whose eval.json (a plain output, as in duo's
+    dvc.yaml) depends on the cycle; summary.json is the declared metrics file."""
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -282,10 +283,12 @@ def test_series_comes_from_real_dvc_experiments(tmp_path):
     (repo / "write.py").write_text(
         "import json, yaml\nt = yaml.safe_load(open('params.yaml'))['cycle']\n"
         "json.dump({'cycle': t, 'mode': 'single', 'precision': {'mean': 10.0 + t, 'by_task': {}}}, "
-        "open('metrics/eval.json', 'w'))\n")
+        "open('metrics/eval.json', 'w'))\n"
+        "json.dump({'cycle': t, 'prec_V': 10.0 + t}, open('metrics/summary.json', 'w'))\n")
     (repo / "metrics").mkdir()
     (repo / "dvc.yaml").write_text("stages:\n  ev:\n    cmd: python write.py\n    deps: [write.py]\n"
-                                   "    params: [cycle]\n    metrics:\n      - metrics/eval.json:\n"
+                                   "    params: [cycle]\n    outs:\n      - metrics/eval.json:\n"
+                                   "          cache: false\n    metrics:\n      - metrics/summary.json:\n"
                                    "          cache: false\n")
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
