@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.duo-setup-stamp
 NO_AMX := $(VENV)/.duo-llama-no-amx
 CONVERTER := tools/llama.cpp/VERSION
+LLAMA_SERVER := $(VENV)/.duo-llama-server
 
 # Stage commands in dvc.yaml say `python`: it must be this environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -27,7 +28,7 @@ help:
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
-setup: $(STAMP) $(NO_AMX) $(CONVERTER)
+setup: $(STAMP) $(NO_AMX) $(CONVERTER) $(LLAMA_SERVER)
 
 # On AMX CPUs (Xeon 4th gen on) ggml's AMX kernels die with SIGILL on any batched prompt: GCC 12 drops
 # the stores that fill their tile config (objdump: only the palette byte is set before ldtilecfg; llama.cpp
@@ -62,6 +63,12 @@ $(NO_AMX): $(STAMP)
 # Re-run when the fetcher changes (it decides what tools/ must hold); it returns at once when complete.
 $(CONVERTER): $(STAMP) duo/llamacpp_tools.py
 	$(PY) -m duo.llamacpp_tools
+	@touch $@
+
+# llama.cpp's own server (parallel slots, continuous batching) for the local teacher/judge and `make serve`,
+# compiled from the same llama.cpp sources once per commit into ~/.cache/duo (~10 min on 2 cores, once).
+$(LLAMA_SERVER): $(CONVERTER) duo/llama_server.py
+	$(PY) -m duo.llama_server
 	@touch $@
 
 cycle: setup

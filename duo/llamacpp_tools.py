@@ -44,15 +44,21 @@ def versions() -> dict:
             "llama_cpp_commit": commit.read_text().strip() if commit.exists() else None}
 
 
+def download_sdist(into: Path) -> Path:
+    """The source distribution of the installed llama-cpp-python (pip's HTTP cache makes a repeat quick)."""
+    version = importlib.metadata.version("llama-cpp-python")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+                    ":all:", f"llama-cpp-python=={version}", "-d", str(into)], check=True)
+    return next(Path(into).glob(f"llama_cpp_python-{version}.tar.gz"))
+
+
 def fetch(dest: Path = TOOLS) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
     stamp = dest / "VERSION"
     if stamp.exists() and stamp.read_text().strip() == version and (dest / "COMMIT").exists():
         return dest
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-                        ":all:", f"llama-cpp-python=={version}", "-d", tmp], check=True)
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        sdist = download_sdist(Path(tmp))
         prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
         staging = Path(tmp) / "out"
         with tarfile.open(sdist) as tar:

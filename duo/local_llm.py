@@ -1,11 +1,11 @@
-"""Start and stop llama.cpp's OpenAI-compatible server on loopback for as long as a stage needs it."""
+"""Local llama.cpp: thread counts, the chat prompt a GGUF renders, and llama-server on loopback for as
+long as a stage needs it."""
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -63,41 +63,30 @@ def render_chat(llm, messages: list[dict]) -> str:
     return formatter(messages=messages).prompt
 
 
-def server_command(model: Path, *, host: str, port: int, n_ctx: int = 4096, threads: int = 0,
-                   chat_format: str | None = None, alias: str | None = None) -> list[str]:
-    """The llama_cpp.server command line; `chat_format=EMBEDDED` renders with the GGUF's own template."""
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", host,
-           "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
-    for key, n in thread_kwargs(threads).items():
-        cmd += [f"--{key}", str(n)]
-    if chat_format:
-        cmd += ["--chat_format", chat_format]
-    if alias:
-        cmd += ["--model_alias", alias]
-    return cmd
-
-
 @contextlib.contextmanager
-def serve(model: Path, *, n_ctx: int = 4096, threads: int = 0, port: int | None = None,
+def serve(model: Path, *, n_ctx: int = 4096, parallel: int = 1, threads: int = 0, port: int | None = None,
           host: str = "127.0.0.1", startup_timeout_s: float = 180.0, log_name: str = "server"):
-    """Yield the base URL (`http://host:port/v1`) of a llama.cpp server for `model`; always stopped after."""
+    """Yield the base URL (`http://host:port/v1`) of a llama-server for `model` with `parallel` slots of
+    `n_ctx` cells each (duo/llama_server.py); always stopped after."""
+    from duo import llama_server
+
     port = port or free_port()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{log_name}.log"
-    cmd = server_command(model, host=host, port=port, n_ctx=n_ctx, threads=threads)
+    cmd = llama_server.command(model, host=host, port=port, n_ctx=n_ctx, parallel=parallel, threads=threads)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     base = f"http://{host}:{port}/v1"
     try:
         deadline = time.monotonic() + startup_timeout_s
-        while not _ready(base + "/models"):
+        while not _ready(f"http://{host}:{port}/health"):
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-2000:]
                 raise click.ClickException(f"llama.cpp server for {model} exited ({proc.returncode}):\n{tail}")
             if time.monotonic() > deadline:
                 raise click.ClickException(f"llama.cpp server for {model} not ready after {startup_timeout_s:.0f} s")
-            time.sleep(0.3)
+            time.sleep(0.2)
         yield base
     finally:
         if proc.poll() is None:

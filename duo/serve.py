@@ -1,11 +1,13 @@
-"""`make serve`: the student GGUF behind llama.cpp's OpenAI-compatible server, so an application moves
-from the service LLM to the student by changing only its base URL (and model name).
+"""`make serve`: the student GGUF behind llama.cpp's own OpenAI-compatible server (llama-server: parallel
+slots with continuous batching, /health, /metrics, an optional API key), so an application moves from
+the service LLM to the student by changing only its base URL (and model name).
 
 Serves models/student.gguf (the latest exported model: the one `duo status` reports on; once the gate
 passes, `make cycle` copies that same file to dist/). Prompts are rendered with the chat template embedded
 in the GGUF, which the export stage checked is the training template.
 
-Run: python -m duo.serve [--model PATH] [--host H] [--port P]   (env: SERVE_MODEL, SERVE_HOST, SERVE_PORT)
+Run: python -m duo.serve [--model PATH] [--host H] [--port P] [--parallel N]
+     (env: SERVE_MODEL, SERVE_HOST, SERVE_PORT, SERVE_PARALLEL, SERVE_API_KEY)
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from duo import local_llm, records
+from duo import records
 
 DEFAULT_MODEL = Path("models/student.gguf")
 DELIVERABLE = Path("dist/deliverable.json")
@@ -50,6 +52,9 @@ def provenance(path: Path) -> str:
     return f"not the deliverable ({DELIVERABLE} holds cycle {deliverable.get('cycle')}'s model)"
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="SERVE_MODEL",
               type=click.Path(path_type=Path), help="GGUF to serve (env SERVE_MODEL).")
@@ -57,21 +62,37 @@ def provenance(path: Path) -> str:
               help="Interface to listen on (env SERVE_HOST); 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8000, show_default=True, envvar="SERVE_PORT", type=click.IntRange(1, 65535),
               help="Port (env SERVE_PORT).")
+@click.option("--parallel", default=4, show_default=True, envvar="SERVE_PARALLEL", type=click.IntRange(1, 256),
+              help="Requests decoded together, continuous batching (env SERVE_PARALLEL).")
 @click.option("--alias", default="student", show_default=True, help="Model name clients ask for.")
-@click.option("--n-ctx", default=4096, show_default=True, type=click.IntRange(min=64), help="Context window.")
+@click.option("--n-ctx", default=4096, show_default=True, type=click.IntRange(min=64), help="Context per request.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="0 = all cores.")
-def main(model_path: Path, host: str, port: int, alias: str, n_ctx: int, threads: int) -> None:
-    """Serve the student GGUF with llama.cpp's OpenAI-compatible server (Ctrl-C stops it)."""
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback host without SERVE_API_KEY.")
+def main(model_path: Path, host: str, port: int, parallel: int, alias: str, n_ctx: int, threads: int,
+         insecure: bool) -> None:
+    """Serve the student GGUF with llama.cpp's OpenAI-compatible server (Ctrl-C stops it).
+
+    SERVE_API_KEY (environment only) makes every request need `Authorization: Bearer <key>`."""
+    from duo import llama_server
+
+    key = os.environ.get("SERVE_API_KEY") or None
+    if host not in LOOPBACK and not key and not insecure:
+        raise click.ClickException(f"refusing to serve on {host} without a key: anyone on the network could use "
+                                   f"it; set SERVE_API_KEY (clients send it as a Bearer token) or pass --insecure")
     check_gguf(model_path)
     check_port(host, port)
-    cmd = local_llm.server_command(model_path, host=host, port=port, n_ctx=n_ctx, threads=threads,
-                                   chat_format=local_llm.EMBEDDED, alias=alias)
+    cmd = llama_server.command(model_path, host=host, port=port, n_ctx=n_ctx, parallel=parallel, threads=threads,
+                               alias=alias, metrics=True)
     click.echo(f"serve: {model_path} ({provenance(model_path)})")
-    click.echo(f"serve: http://{host}:{port}/v1  model '{alias}'  (OpenAI API; Ctrl-C stops)")
+    click.echo(f"serve: http://{host}:{port}/v1  model '{alias}', {parallel} parallel requests, "
+               f"{'API key required' if key else 'no API key'}  (OpenAI API, /health, /metrics; Ctrl-C stops)")
     sys.stdout.flush()
     sys.stderr.flush()
+    env = {k: v for k, v in os.environ.items() if k != "SERVE_API_KEY"}
+    if key:
+        env["LLAMA_API_KEY"] = key  # llama-server reads it from there; never on the command line (`ps`)
     # Replace this process: signals (Ctrl-C, a test's terminate) reach the server itself.
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, env)
 
 
 if __name__ == "__main__":

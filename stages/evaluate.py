@@ -77,15 +77,14 @@ def _ask(jobs: list, make_request, parse, svc: service.Service, p, desc: str) ->
 
 def judge_single(preds: list[dict], svc, p, name: str, subject: str, teacher: list[dict] = ()) -> list[dict]:
     """Judge rows of `preds` (as `subject`) and of `teacher` (the service's own answers, for P-Match).
-    A teacher answer is asked right after the student samples of its prompt: the requests share the
-    rubric, instruction and reference, which a local llama.cpp server then evaluates once (prefix reuse)
-    instead of again for every teacher answer. Rows come back students first, in input order."""
+    A prompt's samples and its teacher answer share the rubric, instruction and reference; they are
+    asked one after another, interleaved with other prompts' (`_interleave`), so a local llama.cpp server
+    evaluates that prefix once per prompt. Rows come back students first, in input order."""
     items = [(pred, subject) for pred in preds] + [(row, "teacher") for row in teacher]
-    first: dict[str, int] = {}
-    for i, pred in enumerate(preds):
-        first.setdefault(pred["prompt_id"], i)
-    order = sorted(range(len(items)), key=lambda k: (first.get(items[k][0]["prompt_id"], len(preds)), k))
-    jobs = [(k, j) for k in order for j in range(p.m)]
+    groups: dict[str, list[int]] = {}
+    for k, (pred, _) in enumerate(items):
+        groups.setdefault(pred["prompt_id"], []).append(k)
+    jobs = [(k, j) for k in _interleave(list(groups.values()), svc.concurrency) for j in range(p.m)]
     desc = f"judge {subject}" + (" + teacher" if teacher else "")
     out = _ask(jobs, lambda job, a: judge_request(items[job[0]][0], job[1], a, p, svc.supports_schema),
                judge.parse_reply, svc, p, desc)
@@ -96,6 +95,19 @@ def judge_single(preds: list[dict], svc, p, name: str, subject: str, teacher: li
                      "judge": name, "subject": who, "similarity": scores and scores["similarity"],
                      "precision": scores and scores["precision"], "error": error, "raw": raw})
     return rows
+
+
+def _interleave(groups: list[list[int]], width: int) -> list[int]:
+    """Items of `width` prompts at a time, round-robin: the requests in flight together are for different
+    prompts, and a prompt's next sample is asked when its previous one is done, so a llama.cpp server
+    routes it to the slot already holding that prompt's rubric, instruction and reference (prefix
+    reuse) instead of evaluating them again on another slot."""
+    order = []
+    for start in range(0, len(groups), width):
+        chunk = groups[start:start + width]
+        for k in range(max(map(len, chunk))):
+            order += [group[k] for group in chunk if k < len(group)]
+    return order
 
 
 def judge_pairwise(preds: list[dict], svc, p, name: str) -> list[dict]:

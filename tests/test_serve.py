@@ -1,5 +1,6 @@
-"""`make serve` (python -m duo.serve): the real llama.cpp server on the bundled 135M GGUF, called through
-litellm and the openai client exactly as an application would; the prompt it renders is the training one."""
+"""`make serve` (python -m duo.serve): the real llama-server on the bundled 135M GGUF, called through
+litellm and the openai client exactly as an application would; the prompt it renders is the training one;
+parallel clients, the API key, /health."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from duo import local_llm, models, serve
+from duo import llama_server, local_llm, models, serve
 
 MESSAGES = [{"role": "user", "content": "Name one colour of the sky."}]
 
@@ -21,21 +22,24 @@ def gguf():
     return models.bundled_gguf()
 
 
-@pytest.fixture(scope="module")
-def server(gguf, tmp_path_factory):
+def start(gguf, cwd, **env_extra):
     port = local_llm.free_port()
-    cwd = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf)}  # the env route `make serve` uses
+    env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf), **env_extra}  # `make serve`'s route
     proc = subprocess.Popen([sys.executable, "-m", "duo.serve", "--threads", "2"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while not local_llm._ready(f"http://127.0.0.1:{port}/health"):
+        if proc.poll() is not None:
+            pytest.fail(f"duo.serve exited {proc.returncode}:\n{proc.stdout.read()}")
+        assert time.monotonic() < deadline, "server not ready after 120 s"
+        time.sleep(0.3)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def server(gguf, tmp_path_factory):
+    proc, base = start(gguf, tmp_path_factory.mktemp("serve"))
     try:
-        deadline = time.monotonic() + 120
-        while not local_llm._ready(base + "/models"):
-            if proc.poll() is not None:
-                pytest.fail(f"duo.serve exited {proc.returncode}:\n{proc.stdout.read()}")
-            assert time.monotonic() < deadline, "server not ready after 120 s"
-            time.sleep(0.3)
         yield base
     finally:
         proc.terminate()
@@ -107,8 +111,8 @@ def test_all_cores_by_default_and_the_same_text_as_one_thread(gguf):
     import llama_cpp
 
     assert local_llm.threads_for(0) == local_llm.cores() and local_llm.threads_for(3) == 3
-    cmd = local_llm.server_command(gguf, host="127.0.0.1", port=1)
-    assert cmd[cmd.index("--n_threads") + 1] == cmd[cmd.index("--n_threads_batch") + 1] == str(local_llm.cores())
+    cmd = llama_server.command(gguf, host="127.0.0.1", port=1, n_ctx=512, parallel=1)
+    assert cmd[cmd.index("--threads") + 1] == cmd[cmd.index("--threads-batch") + 1] == str(local_llm.cores())
     texts = []
     for threads in (1, local_llm.threads_for(0)):
         llm = llama_cpp.Llama(str(gguf), n_ctx=512, verbose=False, chat_format=local_llm.EMBEDDED,
@@ -118,3 +122,41 @@ def test_all_cores_by_default_and_the_same_text_as_one_thread(gguf):
                       for q in ("Name one colour of the sky.", "Summarize: the cat sat on the mat all day.")])
         del llm
     assert texts[0] == texts[1] and all(texts[0])
+
+
+def test_eight_concurrent_clients_with_the_key_and_401_without(gguf, tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    proc, base = start(gguf, tmp_path, SERVE_API_KEY="sk-serve-test-key-0123", SERVE_PARALLEL="4")
+    try:
+        client = openai.OpenAI(base_url=base, api_key="sk-serve-test-key-0123", max_retries=0)
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda i: client.chat.completions.create(
+                model="student", messages=[{"role": "user", "content": f"Count to {i + 2}."}], max_tokens=16,
+                temperature=0.0), range(8)))
+        assert all(r.choices[0].message.content for r in replies) and len(replies) == 8
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).chat.completions.create(
+                model="student", messages=MESSAGES, max_tokens=4)
+        request = urllib.request.Request(base + "/chat/completions", method="POST",
+                                         data=json.dumps({"messages": MESSAGES, "max_tokens": 4}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == 401
+        assert local_llm._ready(base.removesuffix("/v1") + "/health"), "/health needs no key"
+        assert "sk-serve-test-key" not in " ".join(open(f"/proc/{proc.pid}/cmdline").read().split("\0"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_network_host_without_a_key_is_refused(gguf, monkeypatch):
+    monkeypatch.delenv("SERVE_API_KEY", raising=False)
+    result = CliRunner().invoke(serve.main, ["--model", str(gguf), "--host", "0.0.0.0"])
+    assert result.exit_code == 1 and "refusing to serve on 0.0.0.0 without a key" in result.output

@@ -95,7 +95,7 @@ class Service:
         if self.is_local:
             gguf = models.resolve_gguf(self.spec)
             self.api_base = self._stack.enter_context(
-                local_llm.serve(gguf, n_ctx=self.n_ctx, log_name=f"service-{os.getpid()}"))
+                local_llm.serve(gguf, n_ctx=self.n_ctx, parallel=self.concurrency, log_name=f"service-{os.getpid()}"))
         if self.journal_name:
             self.journal = Journal(self.journal_name)
             self._stack.callback(self.journal.close)
