@@ -23,7 +23,7 @@ help:
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
 	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
-	@echo "make bench     measure cycle, training, inference, service, curation -> metrics/bench.json (~15 min)"
+	@echo "make bench     measured figures -> metrics/bench.json (SECTION=cycle|train|infer|service|curate|synth|serve)"
 	@echo "make report    reports/cycle-<t>.html: scores, cost, break-even (opens offline)"
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
@@ -98,9 +98,9 @@ push: setup
 pull: setup
 	$(PY) -m dvc pull
 
-# Measured figures (never asserted in tests) -> metrics/bench.json
+# Measured figures (never asserted in tests) -> metrics/bench.json; SECTION=train (or "synth serve") runs only those
 bench: setup
-	$(PY) -m tests.bench
+	$(PY) -m tests.bench $(SECTION)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,5 +1,6 @@
-"""Typed params sections. Every key of params.yaml is declared here; an unknown or mistyped key
-fails at start with its dotted name, before any model loads."""
+"""Typed params sections: the only parser of params.yaml, whose values are also the defaults here (a test
+keeps the two equal). An unknown or mistyped key, a number out of its range, or two sections that
+contradict each other fail at start with the dotted key, before any model loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,20 @@ class ParamsError(click.ClickException):
     pass
 
 
+def num(default, lo=None, hi=None, *, above: bool = False):
+    """A numeric key with its range: lo <= value (lo < value with `above`) and value <= hi."""
+    return field(default=default, metadata={"range": (lo, hi, above)})
+
+
+def _in_range(value, bounds) -> str | None:
+    lo, hi, above = bounds
+    if lo is not None and (value <= lo if above else value < lo):
+        return f"> {lo}" if above else f">= {lo}"
+    if hi is not None and value > hi:
+        return f"<= {hi}"
+    return None
+
+
 @dataclass
 class Student:
     source: str = "bundled:smollm2"
@@ -27,40 +42,32 @@ class Student:
 @dataclass
 class Coverage:
     path: str = "data/coverage.jsonl"
-    train_ratio: float = 0.8
+    train_ratio: float = num(0.8, 0.0, 1.0, above=True)
     seed: int = 42
-    max_record_bytes: int = 1_000_000
+    max_record_bytes: int = num(1_000_000, 1)
 
     def check(self):
-        if not 0.0 < self.train_ratio < 1.0:
-            raise ValueError("train_ratio must be between 0 and 1 (exclusive)")
-        if self.max_record_bytes < 1:
-            raise ValueError("max_record_bytes must be >= 1")
+        if self.train_ratio >= 1.0:
+            raise ValueError("train_ratio must be < 1 (the rest is the test split)")
 
 
 @dataclass
 class Service:
     model: str = "local"
     api_base: Optional[str] = None
-    timeout_s: float = 120.0
-    max_retries: int = 3
-    n_ctx: int = 4096
-    concurrency: int = 4
-    rpm: int = 0
-    tpm: int = 0
-    budget_usd: float = 0.0
-    budget_total_usd: float = 0.0
+    timeout_s: float = num(120.0, 0.0, above=True)
+    max_retries: int = num(3, 0)
+    n_ctx: int = num(4096, 256)
+    concurrency: int = num(4, 1, 1024)
+    rpm: int = num(0, 0)
+    tpm: int = num(0, 0)
+    budget_usd: float = num(0.0, 0.0)
+    budget_total_usd: float = num(0.0, 0.0)
     on_overflow: Literal["truncate", "skip"] = "truncate"
     batch: bool = False
-    batch_poll_s: float = 30.0
+    batch_poll_s: float = num(30.0, 0.0, above=True)
 
     def check(self):
-        if self.concurrency < 1 or self.rpm < 0 or self.tpm < 0 or self.timeout_s <= 0:
-            raise ValueError("concurrency >= 1; rpm, tpm >= 0; timeout_s > 0")
-        if self.budget_usd < 0 or self.budget_total_usd < 0:
-            raise ValueError("budget_usd and budget_total_usd must be >= 0 (0 = no cap)")
-        if self.batch_poll_s <= 0:
-            raise ValueError("batch_poll_s must be > 0")
         if self.batch and (self.model == "local" or self.model.startswith("local:")):
             raise ValueError("batch: the local llama.cpp server has no batch API; set batch: false")
 
@@ -68,152 +75,125 @@ class Service:
 @dataclass
 class Synth:
     model: Optional[str] = None
-    seeds_per_cycle: int = 6
-    pairs_per_request: int = 3
-    temperature: float = 0.8
-    max_tokens: int = 1024
+    seeds_per_cycle: int = num(6, 1)
+    pairs_per_request: int = num(3, 1, 100)
+    temperature: float = num(0.8, 0.0, 2.0)
+    max_tokens: int = num(1024, 16)
     seed: int = 42
-    per_cycle: int = 12
+    per_cycle: int = num(12, 0)
     schedule: Literal["fixed", "doubling"] = "fixed"
-    max_requests: int = 30
+    max_requests: int = num(30, 1)
 
-    def check(self):
-        if self.seeds_per_cycle < 1 or self.pairs_per_request < 1 or self.max_requests < 1 or self.per_cycle < 0:
-            raise ValueError("seeds_per_cycle, pairs_per_request, max_requests >= 1 and per_cycle >= 0")
+
+AutoInt = Union[int, Literal["auto"]]
 
 
 @dataclass
 class Curate:
-    shingle: int = 3
-    num_perm: int = 128
-    lsh_threshold: float = 0.5
-    rouge_l_max: float = 0.7
-    decontam_ngram: int = 13
-    min_instruction_tokens: Union[int, Literal["auto"]] = "auto"
-    max_instruction_tokens: Union[int, Literal["auto"]] = "auto"
-    min_response_tokens: Union[int, Literal["auto"]] = "auto"
-    max_response_tokens: Union[int, Literal["auto"]] = "auto"
-    min_passage_words: Union[int, Literal["auto"]] = "auto"
-    min_compression_ratio: float = 0.25
+    shingle: int = num(3, 1, 16)
+    num_perm: int = num(128, 16, 1024)
+    lsh_threshold: float = num(0.5, 0.0, 1.0, above=True)
+    rouge_l_max: float = num(0.7, 0.0, 1.0, above=True)
+    decontam_ngram: int = num(13, 1)
+    min_instruction_tokens: AutoInt = num("auto", 0)
+    max_instruction_tokens: AutoInt = num("auto", 1)
+    min_response_tokens: AutoInt = num("auto", 0)
+    max_response_tokens: AutoInt = num("auto", 1)
+    min_passage_words: AutoInt = num("auto", 0)
+    min_compression_ratio: float = num(0.25, 0.0, 1.0)
     language: Optional[str] = None
-
-    def check(self):
-        if self.shingle < 1 or self.num_perm < 16 or self.decontam_ngram < 1:
-            raise ValueError("shingle >= 1, num_perm >= 16, decontam_ngram >= 1")
-        for name in ("min_instruction_tokens", "max_instruction_tokens", "min_response_tokens",
-                     "max_response_tokens", "min_passage_words"):
-            if getattr(self, name) != "auto" and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 'auto' or >= 0")
-        if not (0 < self.lsh_threshold <= 1 and 0 < self.rouge_l_max <= 1):
-            raise ValueError("lsh_threshold and rouge_l_max must be in (0, 1]")
 
 
 @dataclass
 class Lora:
-    r: Union[int, Literal["auto"]] = "auto"
-    alpha: Union[int, Literal["auto"]] = "auto"
-    dropout: float = 0.05
+    r: AutoInt = num(16, 1, 1024)
+    alpha: AutoInt = num("auto", 1)
+    dropout: float = num(0.05, 0.0, 0.9)
     target_modules: Union[str, list] = "all-linear"
-    layers: Union[int, Literal["all"]] = "all"
-
-    def check(self):
-        if self.layers != "all" and self.layers < 1:
-            raise ValueError("layers must be 'all' or the number of top decoder layers to adapt (>= 1)")
+    layers: Union[int, Literal["all"]] = num("all", 1)
 
 
 @dataclass
 class Finetune:
-    epochs: float = 4.0
-    max_steps: int = -1
-    lr: float = 5e-4
-    batch_size: int = 8
-    micro_batch_size: Union[int, Literal["auto"]] = "auto"
-    grad_accum: int = 1
-    max_length: int = 1024
+    epochs: float = num(4.0, 0.0, above=True)
+    max_steps: int = num(-1, -1)
+    lr: float = num(5e-4, 0.0, 1.0, above=True)
+    batch_size: int = num(8, 1)
+    micro_batch_size: AutoInt = num("auto", 1)
+    grad_accum: int = num(1, 1)
+    max_length: int = num(1024, 16)
     loss: Literal["completion", "sequence"] = "completion"
     quantization: Literal["auto", "none", "4bit"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     group_by_length: bool = True
     padding_free: bool = False
     gradient_checkpointing: bool = False
-    frozen_cache_mb: int = 1024
-    threads: int = 0
+    frozen_cache_mb: int = num(1024, 0)
+    threads: int = num(0, 0)
     seed: int = 42
-    save_steps: int = 10
-    validation_ratio: float = 0.1
-    early_stopping_patience: int = 1
+    save_steps: int = num(10, 0)
+    validation_ratio: float = num(0.1, 0.0, 0.9)
+    early_stopping_patience: int = num(1, 0)
     lora: Lora = field(default_factory=Lora)
 
     def check(self):
-        if self.micro_batch_size != "auto" and (
-                self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size)):
+        if self.micro_batch_size != "auto" and self.batch_size % min(self.micro_batch_size, self.batch_size):
             raise ValueError("micro_batch_size must divide batch_size")
-        if self.frozen_cache_mb < 0:
-            raise ValueError("frozen_cache_mb must be >= 0 (0 = off)")
-        if not 0.0 <= self.validation_ratio < 1.0:
-            raise ValueError("validation_ratio must be in [0, 1) (0 = no validation split, no early stopping)")
-        if self.early_stopping_patience < 0:
-            raise ValueError("early_stopping_patience must be >= 0 (0 = off)")
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be -1 (epochs decide) or >= 1")
 
 
 @dataclass
 class Export:
     quant: str = "q8_0"
     lora_only: bool = False
-    ppl_tokens: int = 512
-
-    def check(self):
-        if self.ppl_tokens < 0:
-            raise ValueError("ppl_tokens must be >= 0 (0 = skip the perplexity check)")
+    ppl_tokens: int = num(512, 0)
 
 
 @dataclass
 class Infer:
     backend: Literal["llama_cpp", "transformers"] = "llama_cpp"
-    k: int = 4
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.9
+    k: int = num(4, 1, 64)
+    max_tokens: int = num(256, 1)
+    temperature: float = num(0.7, 0.0, 2.0)
+    top_p: float = num(0.9, 0.0, 1.0, above=True)
     seed: int = 42
-    n_ctx: int = 2048
-    threads: int = 0
-    parallel: int = 16
+    n_ctx: int = num(2048, 64)
+    threads: int = num(0, 0)
+    parallel: int = num(16, 1, 256)  # llama.cpp's LLAMA_MAX_SEQ
 
     def check(self):
-        if self.k < 1:
-            raise ValueError("k must be >= 1")
-        if not 1 <= self.parallel <= 256:  # llama.cpp's LLAMA_MAX_SEQ
-            raise ValueError("parallel must be between 1 and 256")
+        if self.max_tokens >= self.n_ctx:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be below n_ctx ({self.n_ctx}): no room for a prompt")
 
 
 @dataclass
 class Judge:
     models: Optional[list] = None
     mode: Literal["single", "pairwise"] = "single"
-    m: int = 1
-    temperature: float = 0.7
-    max_tokens: int = 96
+    m: int = num(1, 1, 100)
+    temperature: float = num(0.7, 0.0, 2.0)
+    max_tokens: int = num(96, 8)
     zetas: list = field(default_factory=lambda: [50, 70])
-    max_parse_retries: int = 1
-    max_error_rate: float = 0.25
+    max_parse_retries: int = num(1, 0, 10)
+    max_error_rate: float = num(0.25, 0.0, 1.0)
     pmatch: bool = True
     seed: int = 42
 
     def check(self):
-        if self.m < 1:
-            raise ValueError("m must be >= 1")
         if self.models is not None and (not self.models or not all(isinstance(x, str) and x for x in self.models)):
             raise ValueError("models must be null or a non-empty list of model strings")
-        if not 0.0 <= self.max_error_rate <= 1.0:
-            raise ValueError("max_error_rate must be between 0 and 1")
+        if not self.zetas or not all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 100
+                                     for z in self.zetas):
+            raise ValueError(f"zetas must be a non-empty list of whole scores 1-100, got {self.zetas!r}")
 
 
 @dataclass
 class Gate:
     score: Literal["similarity", "precision", "pairwise"] = "precision"
     statistic: str = "mean"
-    threshold: float = 70.0
-    max_cycles: int = 3
+    threshold: float = num(70.0, 0.0)
+    max_cycles: int = num(3, 1)
 
     def check(self):
         if self.score == "pairwise":
@@ -225,23 +205,18 @@ class Gate:
 
 @dataclass
 class Report:
-    daily_tokens_in: int = 1_000_000
-    daily_tokens_out: int = 250_000
+    daily_tokens_in: int = num(1_000_000, 0)
+    daily_tokens_out: int = num(250_000, 0)
     price_model: Optional[str] = None
-    hardware_usd: float = 1500.0
-    hardware_watts: float = 150.0
-    usd_per_kwh: float = 0.20
-    examples: int = 3
-
-    def check(self):
-        if min(self.daily_tokens_in, self.daily_tokens_out, self.hardware_usd, self.hardware_watts,
-               self.usd_per_kwh, self.examples) < 0:
-            raise ValueError("daily tokens, hardware_usd, hardware_watts, usd_per_kwh and examples must be >= 0")
+    hardware_usd: float = num(1500.0, 0.0)
+    hardware_watts: float = num(150.0, 0.0)
+    usd_per_kwh: float = num(0.20, 0.0)
+    examples: int = num(3, 0)
 
 
 @dataclass
 class Params:
-    cycle: int = 0
+    cycle: int = num(0, 0)
     student: Student = field(default_factory=Student)
     coverage: Coverage = field(default_factory=Coverage)
     service: Service = field(default_factory=Service)
@@ -253,6 +228,19 @@ class Params:
     judge: Judge = field(default_factory=Judge)
     gate: Gate = field(default_factory=Gate)
     report: Report = field(default_factory=Report)
+
+    def checks(self):
+        """Sections that contradict each other: (dotted key, reason)."""
+        if self.gate.score == "pairwise" and self.judge.mode != "pairwise":
+            yield "gate.score", "'pairwise' needs judge.mode: pairwise (single mode produces no win rates)"
+        if self.gate.score != "pairwise" and self.judge.mode == "pairwise":
+            yield "gate.score", f"'{self.gate.score}' is not produced by judge.mode: pairwise (use score: pairwise)"
+        if self.gate.statistic.startswith("c") and self.gate.statistic[1:].isdigit() and \
+                int(self.gate.statistic[1:]) not in self.judge.zetas:
+            yield "gate.statistic", (f"'{self.gate.statistic}' names ζ = {self.gate.statistic[1:]}, which judge.zetas "
+                                     f"{self.judge.zetas} does not compute: the gate could never pass")
+        if self.gate.statistic != "mean" and not self.gate.statistic.startswith("c") and self.gate.threshold > 100:
+            yield "gate.threshold", "win rates are percentages: a threshold over 100 can never pass"
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -269,8 +257,6 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint in (list, dict, str, bool):
-        return isinstance(value, hint)
     return isinstance(value, hint)
 
 
@@ -291,15 +277,15 @@ def build(cls, data: Any, where: str, source: str):
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
+        if key not in fields:
             dotted = f"{where}.{key}" if where else str(key)
-            near = difflib.get_close_matches(str(key), names, n=1)
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
             tip = f" (did you mean '{near[0]}'?)" if near else ""
             raise ParamsError(f"{source}: unknown key '{dotted}'{tip}")
     values = {}
-    for name in names:
+    for name, f in fields.items():
         if name not in data:
             continue
         dotted = f"{where}.{name}" if where else name
@@ -309,6 +295,11 @@ def build(cls, data: Any, where: str, source: str):
             continue
         if not _type_ok(value, hint):
             raise ParamsError(f"{source}: '{dotted}' must be {_describe(hint)}, got {value!r}")
+        bounds = f.metadata.get("range")
+        if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
+            wrong = _in_range(value, bounds)
+            if wrong:
+                raise ParamsError(f"{source}: '{dotted}' must be {wrong}, got {value!r}")
         if hint is float:
             value = float(value)
         values[name] = value
@@ -329,7 +320,13 @@ def load(path: str | Path = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: invalid YAML: {exc}") from None
-    return build(Params, data or {}, "", str(path))
+    return checked(build(Params, data or {}, "", str(path)), str(path))
+
+
+def checked(params: Params, source: str) -> Params:
+    for key, reason in params.checks():
+        raise ParamsError(f"{source}: '{key}': {reason}")
+    return params
 
 
 def as_dict(obj) -> dict:

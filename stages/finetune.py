@@ -171,9 +171,11 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         use_cpu=device == "cpu",
         bf16=bf16,
         dataloader_num_workers=0,
-        # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and
-        # recomputing activations costs ~30% of the step.
-        gradient_checkpointing=p.gradient_checkpointing,
+        # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and recomputing
+        # activations costs ~30% of the step. TRL's flag is a deprecated alias in transformers (a warning
+        # every run): None unless asked.
+        gradient_checkpointing=True if p.gradient_checkpointing else None,
+        activation_checkpointing=p.gradient_checkpointing,
         disable_tqdm=not progress.enabled(),
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,

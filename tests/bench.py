@@ -7,7 +7,7 @@ the same stage again, answered from the journal.
 cycle, train, infer, synth: tests/bench_cycle.py, bench_train.py, bench_infer.py, bench_synth.py (their docstrings
 say what is measured and how).
 
-Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth]   (no argument: all but levers)
+Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth] [serve]   (no argument: all but levers)
 """
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def _curate_child(n: int, seen: int, test: int) -> None:
                       "curate.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
-SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth")
+SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth", "serve")
 
 
 def _last_cycle() -> dict:
@@ -271,6 +271,10 @@ def _section(section: str, sections: list[str], state: dict) -> dict:
         from tests import bench_synth
 
         got = bench_synth.bench_synth()
+    elif section == "serve":
+        from tests import bench_serve
+
+        got = bench_serve.bench_serve()
     else:
         got = bench_curate()
     return got

@@ -18,6 +18,7 @@ OUTS = ["models/base/config.json", "models/adapter/adapter_config.json", "models
         "data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/synth/cycle-1.jsonl", "data/predictions.jsonl",
         "data/judgments.jsonl", "data/teacher.jsonl", "metrics/synth.json", "metrics/train.json",
         "metrics/export.json", "metrics/infer.json", "metrics/eval.json", "metrics/cycle.json", "metrics/cost.json",
+        "metrics/summary.json",
         "metrics/plots/loss.json", "metrics/plots/scores.json", "metrics/plots/tasks.json"]
 
 EDITS = [  # (what is edited, stages that must be flagged)
@@ -48,6 +49,7 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("params:infer.k", {"infer"}),
     ("params:infer.max_tokens", {"infer", "evaluate"}),
     ("params:judge.m", {"evaluate"}),
+    ("params:judge.zetas", {"evaluate", "gate"}),
     ("params:gate.threshold", {"gate"}),
     ("params:cycle", {"synthesize", "finetune", "export", "infer", "evaluate", "gate"}),
 ]
@@ -82,8 +84,11 @@ def _edit_param(path: Path, dotted: str) -> None:
     for name in parents:
         node = node[name]
     value = node[key]
-    node[key] = ({None: "openai/other", "q8_0": "q4_k_m", "bundled:smollm2": "/elsewhere"}.get(value, value)
-                 if not isinstance(value, (int, float)) or isinstance(value, bool) else value + 1)
+    if isinstance(value, list):
+        node[key] = value + [90]
+    else:
+        node[key] = ({None: "openai/other", "q8_0": "q4_k_m", "bundled:smollm2": "/elsewhere"}.get(value, value)
+                     if not isinstance(value, (int, float)) or isinstance(value, bool) else value + 1)
     assert node[key] != value
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 

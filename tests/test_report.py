@@ -257,7 +257,7 @@ def test_breakeven_known_numbers():
 def test_report_params_are_checked(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"report": {"hardware_usd": -1}}))
-    with pytest.raises(params_mod.ParamsError, match="'report'"):
+    with pytest.raises(params_mod.ParamsError, match="'report.hardware_usd' must be >= 0.0, got -1"):
         params_mod.load(path)
     path.write_text(yaml.safe_dump({"report": {"daily_tokens": 5}}))
     with pytest.raises(params_mod.ParamsError, match="unknown key 'report.daily_tokens'"):
