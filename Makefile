@@ -21,7 +21,7 @@ export DO_NOT_TRACK := 1
 help:
 	@echo "make cycle     one turn of the loop (sets up .venv first)"
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
-	@echo "make test      set up and run the tests (make test-all adds the slow tier)"
+	@echo "make test      set up and run the unit and fast tests (make test-all adds integration and slow)"
 	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
 	@echo "make bench     measured figures -> metrics/bench.json (SECTION=cycle|train|infer|service|curate|synth|serve)"
 	@echo "make report    reports/cycle-<t>.html: scores, cost, break-even (opens offline)"
@@ -72,20 +72,22 @@ $(LLAMA_SERVER): $(CONVERTER) duo/llama_server.py
 	@touch $@
 
 cycle: setup
-	$(PY) -m duo.cycle
+	$(VENV)/bin/duo cycle
 
 converge: setup
-	$(PY) -m duo.cycle --converge
+	$(VENV)/bin/duo converge
 
 status: setup
-	$(PY) -m dvc status
+	$(VENV)/bin/duo status
 
 # models/student.gguf on http://127.0.0.1:8000/v1; `make serve SERVE_PORT=9000` (or SERVE_HOST, SERVE_MODEL) changes it
 serve: setup
-	$(PY) -m duo.serve
+	$(VENV)/bin/duo serve
 
+# Tiers: unit and fast integration (make test); + `integration` (real training, llama.cpp, DVC, servers)
+# and `slow` (make test-all, what CI runs)
 test: setup
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow and not integration" -q
 
 test-all: setup
 	$(PY) -m pytest -q
@@ -100,7 +102,7 @@ pull: setup
 
 # Measured figures (never asserted in tests) -> metrics/bench.json; SECTION=train (or "synth serve") runs only those
 bench: setup
-	$(PY) -m tests.bench $(SECTION)
+	$(VENV)/bin/duo bench $(SECTION)
 
 clean-venv:
 	rm -rf $(VENV)
@@ -113,4 +115,4 @@ lock: $(STAMP)
 # reports/cycle-<t>.html (self-contained, opens offline) + reports/cycle-<t>.md for the current cycle
 .PHONY: report
 report: setup
-	$(PY) -m duo.report
+	$(VENV)/bin/duo report

@@ -1,35 +1,3 @@
 """duo: migrate one task's skill from a service LLM into a small local GGUF model (LlamaDuo)."""
-import errno
-import os
-import sys
-
-# litellm fetches its price table from the network at import unless told otherwise;
-# these machines (and air-gapped users) have no network.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
 
 __version__ = "0.1.0"
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exceeded", "os error 28",
-                   "os error 27", "file write failed")
-
-
-def _disk_full_hook(kind, exc, tb, _default=sys.excepthook):
-    # Every stage writes to a temp file/folder and renames it when complete, so a full disk leaves the
-    # previous outputs intact: say that in one line instead of a traceback. C/Rust writers
-    # (safetensors, torch.save) raise their own types; their text carries the OS error.
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        reason = exc.strerror + (f" while writing {exc.filename}" if exc.filename else "")
-    elif any(m in str(exc) for m in _DISK_FULL_TEXT):
-        reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-    else:
-        return _default(kind, exc, tb)
-    sys.stderr.write(f"Error: disk full ({reason}). Nothing was replaced: outputs are written aside and "
-                     f"renamed only when complete, so the previous versions are intact and temp files "
-                     f"were removed. Free space and rerun.\n")
-
-
-sys.excepthook = _disk_full_hook

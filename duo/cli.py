@@ -1,7 +1,7 @@
 """duo: migrate one task's skill from a service LLM into a small local GGUF model.
 
-The loop itself runs with `make cycle`; these commands work on its data and models.
-Run: duo -h   (or python -m duo.cli -h)
+Every entry point is here: cycle, converge, serve, report, bench, status, chat, import, curate, measure.
+Run: duo -h
 """
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ from pathlib import Path
 
 import click
 
-from duo import progress, records
+from duo import contracts, progress, records
 
-ROW_FIELDS = records.ROW_FIELDS
+ROW_FIELDS = contracts.ROW_FIELDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """duo: migrate one task's skill from a service LLM into a small local GGUF model.
 
-    `make cycle` runs the loop; these commands inspect it, talk to its model and prepare data.
+    `duo cycle` (make cycle) runs one turn of the loop; the other commands converge it, serve and talk
+    to its model, report on it, prepare data and measure.
     """
+    from duo import entry
+
+    entry.process()
 
 
 @main.command("status")
@@ -60,7 +64,7 @@ def _prompt_tokens(llm, messages: list[dict]) -> int:
 
 @main.command("chat")
 @click.argument("prompt", required=False)
-@click.option("--model", "model_path", default="models/student.gguf", show_default=True,
+@click.option("--model", "model_path", default=str(contracts.GGUF), show_default=True,
               type=click.Path(path_type=Path), help="GGUF to talk to (dist/student.gguf: the delivered one).")
 @click.option("--system", help="System message sent before the conversation.")
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1))
@@ -223,10 +227,43 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
     progress.summary("curate", f"{counts['in']} in, {counts['out']} kept; removed: {reasons}")
 
 
-# `duo report` = `make report` (the command lives with its module).
+@main.command("cycle")
+def cycle_cmd() -> None:
+    """One turn of the loop: run the current cycle, or the next one if the gate failed (make cycle)."""
+    from duo import cycle
+
+    cycle.turn()
+
+
+@main.command("converge")
+def converge_cmd() -> None:
+    """Turns until the gate passes or gate.max_cycles (make converge)."""
+    from duo import cycle
+
+    cycle.converge()
+
+
+@main.command("bench", context_settings={"ignore_unknown_options": True})
+@click.argument("sections", nargs=-1)
+def bench_cmd(sections: tuple[str, ...]) -> None:
+    """Measured figures -> metrics/bench.json (make bench; sections: cycle train [levers] infer service
+    curate synth serve). The benchmarks live with the tests of this checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "tests" / "bench.py").exists():
+        raise click.ClickException(f"{root / 'tests' / 'bench.py'} not found: `duo bench` runs from a duo checkout")
+    sys.exit(subprocess.call([sys.executable, "-m", "tests.bench", *sections], cwd=root))
+
+
+# Commands that live with their modules: `duo report` (make report), `duo serve` (make serve), `duo measure`.
+from duo.measure import main as _measure  # noqa: E402
 from duo.report import main as _report  # noqa: E402
+from duo.serve import main as _serve  # noqa: E402
 
 main.add_command(_report, "report")
+main.add_command(_serve, "serve")
+main.add_command(_measure, "measure")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,63 @@
-"""Where every artifact lives and how derived seeds are made: the contract between stages. A path
-spelled anywhere else is a bug waiting to drift."""
+"""The contract between stages: where every artifact lives, the row fields each file holds, how derived
+seeds are made, the headline metrics. A path spelled anywhere else is a bug waiting to drift."""
 from __future__ import annotations
 
 import hashlib
 import re
 from pathlib import Path
 
+# data
 TRAIN = Path("data/train.jsonl")
 VAL = Path("data/val.jsonl")    # carved from train: early stopping and choosing defaults look here
 TEST = Path("data/test.jsonl")  # the judge's: read only by infer and evaluate
 SYNTH_DIR = Path("data/synth")
+PREDICTIONS = Path("data/predictions.jsonl")
+JUDGMENTS = Path("data/judgments.jsonl")
+TEACHER = Path("data/teacher.jsonl")  # the teacher's own answers to the test prompts (P-Match)
+# models
+BASE = Path("models/base")
+ADAPTER = Path("models/adapter")
+GGUF = Path("models/student.gguf")
+MODELFILE = Path("models/Modelfile")
+CARD = Path("models/MODEL_CARD.md")
+LORA_DIR = Path("models/lora")
+LORA_FILE = LORA_DIR / "adapter.gguf"
+DIST = Path("dist")  # the deliverable, once the gate passes
+# metrics: the detailed files are plain outputs; the headline is the one dvc.yaml declares as metrics
 SYNTH_METRICS = Path("metrics/synth.json")
-# The one file dvc.yaml declares as metrics: the headline of a cycle, one row of `dvc exp show`.
-# The detailed files (synth, train, export, infer, eval, cycle, cost) are plain outputs beside it.
-SUMMARY = Path("metrics/summary.json")
+TRAIN_METRICS = Path("metrics/train.json")
+EXPORT_METRICS = Path("metrics/export.json")
+INFER_METRICS = Path("metrics/infer.json")
+EVAL_METRICS = Path("metrics/eval.json")
+VERDICT = Path("metrics/cycle.json")
+COST = Path("metrics/cost.json")
+SUMMARY = Path("metrics/summary.json")  # one short row per cycle in `dvc exp show`
+PLOTS_DIR = Path("metrics/plots")
+METRICS = {"synth": SYNTH_METRICS, "train": TRAIN_METRICS, "export": EXPORT_METRICS, "infer": INFER_METRICS,
+           "eval": EVAL_METRICS, "verdict": VERDICT, "cost": COST, "summary": SUMMARY}
+SCORES = ("similarity", "precision")  # what a single-mode judge rates, 1-100
 SCORE_ABBREV = {"similarity": "sim", "precision": "prec"}
+# row schemas (extra keys are kept): coverage/train/val/test/synth rows, and predictions
+ROW_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+PREDICTION_FIELDS = {"prompt_id": str, "sample_idx": int, "task": str, "prompt": str, "reference": str,
+                     "response": str}
+
+
+def read_rows(path: Path, *, allow_empty: bool = False) -> list[dict]:
+    """A file of rows (coverage, train, val, test, synth), ids unique, checked line by line."""
+    from duo import records
+
+    return records.read_records(path, ROW_FIELDS, unique="id", allow_empty=allow_empty)
+
+
+def zeta_keys(zetas: list[int]) -> list[str]:
+    """The C@ζ keys of metrics/eval.json for judge.zetas: c50, c70, ..."""
+    return [f"c{z}" for z in zetas]
+
+
+def coverages(block: dict) -> dict[int, float | None]:
+    """{ζ: C@ζ} of one score block of metrics/eval.json, for whatever ζ it was computed with."""
+    return {int(k[1:]): v for k, v in block.items() if k[:1] == "c" and k[1:].isdigit()}
 _CYCLE_FILE = re.compile(r"^cycle-(\d+)\.jsonl$")
 
 
@@ -68,8 +111,8 @@ def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, z
     for score, short in SCORE_ABBREV.items():
         block = eval_metrics.get(score) or {}
         out[f"{short}_V"] = block.get("mean")
-        for z in zetas:
-            out[f"{short}_C{z}"] = block.get(f"c{z}")
+        for z, key in zip(zetas, zeta_keys(zetas)):
+            out[f"{short}_C{z}"] = block.get(key)
     if eval_metrics.get("pairwise"):
         out["win"] = eval_metrics["pairwise"].get("win")
     ref = eval_metrics.get("reference") or {}

@@ -5,7 +5,7 @@
 - it ran, the gate failed and cycles remain: bump `cycle` and run the next one;
 - it ran and gate.max_cycles is reached: say so and stop.
 
-Run: python -m duo.cycle [--converge]
+Run: duo cycle | duo converge   (make cycle, make converge)
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import click
 
-from duo import model_card
+from duo import contracts, gate, model_card
 from duo import params as params_mod
 from duo import records
 
-VERDICT = Path("metrics/cycle.json")
-DIST = Path("dist")
+VERDICT, DIST = contracts.VERDICT, contracts.DIST
 
 
 def _run(args: list[str], capture: bool = True) -> subprocess.CompletedProcess:
@@ -70,11 +69,11 @@ def run_cycle(t: int) -> None:
 def deliver(verdict: dict) -> Path:
     DIST.mkdir(exist_ok=True)
     target = DIST / "student.gguf"
-    records.copy_file("models/student.gguf", target)
-    records.copy_file("models/Modelfile", DIST / "Modelfile")
+    records.copy_file(contracts.GGUF, target)
+    records.copy_file(contracts.MODELFILE, DIST / "Modelfile")
     digest = records.file_sha256(target)
     record = {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest, "file": target.name}
-    lora = Path("models/lora/adapter.gguf")
+    lora = contracts.LORA_FILE
     if lora.exists():
         records.copy_file(lora, DIST / "adapter.gguf")
         record["lora"] = {"file": "adapter.gguf", "sha256": records.file_sha256(lora)}
@@ -97,11 +96,10 @@ def next_step(t: int, verdict: dict | None, stale: list[str], max_cycles: int) -
     """What the next `make cycle` does: (run | next | passed | stopped, in words); `duo status` shows it."""
     if stale or not verdict or verdict.get("cycle") != t:
         return "run", f"run cycle {t}" + (f" (stale: {', '.join(stale)})" if stale else "")
-    if verdict["passed"]:
-        return "passed", f"nothing: the gate passed at cycle {t}; (re)deliver models/student.gguf to {DIST}/"
-    if t + 1 >= max_cycles:
-        return "stopped", f"nothing: gate.max_cycles={max_cycles} reached without passing"
-    return "next", f"run cycle {t + 1}: synthesize more data and retrain"
+    action, words = gate.after(t, verdict["passed"], max_cycles)
+    if action == "passed":
+        return action, f"nothing: the gate passed at cycle {t}; (re)deliver {contracts.GGUF} to {contracts.DIST}/"
+    return action, f"nothing: {words.removeprefix('stop: ')}" if action == "stopped" else words
 
 
 def turn() -> str:
@@ -133,13 +131,7 @@ def turn() -> str:
     return "ran"
 
 
-@click.command()
-@click.option("--converge", is_flag=True, help="Repeat turns until the gate passes or max_cycles.")
-def main(converge: bool) -> None:
-    """Run one turn of the LlamaDuo loop (make cycle), or all of them (make converge)."""
-    while turn() == "ran" and converge:
+def converge() -> None:
+    """Turns until the gate passes or gate.max_cycles."""
+    while turn() == "ran":
         pass
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
-"""Judge-free measurement of finetune settings on the held-out split: train on data/train.jsonl,
-export the GGUF exactly as the pipeline does, answer each test prompt greedily through llama.cpp, and
-report ROUGE-L and exact match per task. Used to choose the finetune defaults (README, "Defaults").
+"""Judge-free measurement of finetune settings on the validation split (never the test split, which
+belongs to the judge): train on data/train.jsonl, export and check the GGUF exactly as the pipeline
+does, answer each validation prompt greedily through llama.cpp, report ROUGE-L and exact match per
+task. What the finetune defaults are chosen with (docs/benchmarks.md).
 
-Run: python -m duo.measure --set finetune.epochs=4 --set finetune.lora.r=16 [--out metrics/measure.jsonl]
+Run: duo measure --set finetune.lora.target_modules=all-linear [--out metrics/measure.jsonl]
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from pathlib import Path
 import click
 import yaml
 
-from duo import gguf
-from duo import local_llm
+from duo import contracts as c
+from duo import export, local_llm
 from duo import params as params_mod
-from duo import records
+from duo.evaluation import reference
+from duo.train import finetune
 
 
 def _apply(raw: dict, assignment: str) -> None:
@@ -29,43 +31,47 @@ def _apply(raw: dict, assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
-@click.command()
-@click.option("--set", "sets", multiple=True, help="dotted.key=value override of params.yaml")
-@click.option("--out", default="metrics/measure.jsonl", show_default=True, help="appended, one line per run")
-@click.option("--max-tokens", default=160, show_default=True)
-def main(sets: tuple[str, ...], out: str, max_tokens: int) -> None:
+def measure(params, max_tokens: int = 160) -> dict:
+    """Train, export (all checks), answer the validation prompts greedily; figures of the run."""
     import llama_cpp
 
-    from stages import evaluate, finetune
-
-    raw = yaml.safe_load(Path("params.yaml").read_text())
-    for assignment in sets:
-        _apply(raw, assignment)
-    params = params_mod.build(params_mod.Params, raw, "", "params.yaml + --set")
-    rows, _ = finetune.load_rows(Path("data/train.jsonl"), 0)
-    test = records.read_records("data/test.jsonl", finetune.FIELDS, unique="id")
-    with tempfile.TemporaryDirectory(prefix=".measure.", dir="models") as tmp:
+    rows, _ = finetune.load_rows(c.TRAIN, 0)
+    val = c.read_rows(c.VAL)
+    c.BASE.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".measure.", dir=c.BASE.parent) as tmp:
         tmp = Path(tmp)
         start = time.monotonic()
-        train = finetune.train(rows, params.finetune, finetune.BASE, tmp / "adapter")
-        gguf.merge(finetune.BASE, tmp / "adapter", tmp / "merged")
-        gguf.convert(tmp / "merged", tmp / "f16.gguf", "f16")
-        gguf.quantize(tmp / "f16.gguf", tmp / "q.gguf", params.export.quant)
-        llm = llama_cpp.Llama(str(tmp / "q.gguf"), n_ctx=2048, verbose=False, seed=0, **local_llm.thread_kwargs(0))
+        train = finetune.train(rows, params.finetune, c.BASE, tmp / "adapter", val=val)
+        built, failures = export.build(params.export, export.model_label(), tmp / "export", adapter=tmp / "adapter",
+                                       references=c.VAL)
+        if failures:
+            raise click.ClickException("export checks failed:\n- " + "\n- ".join(failures))
+        llm = llama_cpp.Llama(str(tmp / "export" / "student.gguf"), n_ctx=2048, verbose=False, seed=0,
+                              **local_llm.thread_kwargs(0))
         preds = []
-        for row in test:
+        for row in val:
             reply = llm.create_chat_completion([{"role": "user", "content": row["prompt"]}],
                                                max_tokens=max_tokens, temperature=0.0)
             preds.append({"task": row["task"], "reference": row["response"],
                           "response": reply["choices"][0]["message"]["content"] or ""})
-    result = {"set": list(sets), "train_seconds": train["train_seconds"], "tokens_per_s": train["tokens_per_s"],
-              "train_loss": train["train_loss"], "steps": train["steps"],
-              "wall_seconds": round(time.monotonic() - start, 1), **evaluate.reference_metrics(preds)}
+    return {"train_seconds": train["train_seconds"], "tokens_per_s": train["tokens_per_s"],
+            "train_loss": train["train_loss"], "steps": train["steps"], "epochs": train["epochs"],
+            "best_validation_loss": train["best_validation_loss"], "stopped_early": train["stopped_early"],
+            "wall_seconds": round(time.monotonic() - start, 1), **reference.reference_metrics(preds)}
+
+
+@click.command("measure")
+@click.option("--set", "sets", multiple=True, help="dotted.key=value override of params.yaml")
+@click.option("--out", default="metrics/measure.jsonl", show_default=True, help="appended, one line per run")
+@click.option("--max-tokens", default=160, show_default=True)
+def main(sets: tuple[str, ...], out: str, max_tokens: int) -> None:
+    """Train and score one finetune setting on the validation split (judge-free)."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    for assignment in sets:
+        _apply(raw, assignment)
+    params = params_mod.checked(params_mod.build(params_mod.Params, raw, "", "params.yaml + --set"), "--set")
+    result = {"set": list(sets), **measure(params, max_tokens)}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(result) + "\n")
     click.echo(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -8,12 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from duo import records
-
-BASE, ADAPTER = Path("models/base"), Path("models/adapter")
-TRAIN, TEST, SYNTH_DIR = Path("data/train.jsonl"), Path("data/test.jsonl"), Path("data/synth")
-EXPORT_METRICS, EVAL_METRICS, VERDICT = Path("metrics/export.json"), Path("metrics/eval.json"), \
-    Path("metrics/cycle.json")
+from duo import contracts, records
+from duo.contracts import ADAPTER, BASE, EVAL_METRICS, EXPORT_METRICS, SYNTH_DIR, TEST, TRAIN, VERDICT
 
 
 def _json(path: Path) -> dict:
@@ -79,9 +75,10 @@ def release_metrics(cycle: int) -> dict | None:
     if not ev or ev.get("cycle") != cycle:
         return None
     out = {"verdict": verdict if verdict.get("cycle") == cycle else None, "mode": ev.get("mode")}
-    for score in ("similarity", "precision"):
+    for score in contracts.SCORES:
         if score in ev:
-            out[score] = {k: ev[score].get(k) for k in ("mean", "c50", "c70", "n")}
+            out[score] = {"mean": ev[score].get("mean"), "n": ev[score].get("n"),
+                          "coverage": contracts.coverages(ev[score])}
     if "pairwise" in ev:
         out["pairwise"] = {k: ev["pairwise"].get(k) for k in ("win", "tie", "loss")}
     pm = ev.get("pmatch", {}).get("pooled")
@@ -186,11 +183,11 @@ def render(f: dict) -> str:
         if v:
             lines.append(f"- gate: {v.get('score')} {v.get('statistic')} = {v.get('value')} vs ε = "
                          f"{v.get('threshold')} -> {'passed' if v.get('passed') else 'not passed'}")
-        for score in ("similarity", "precision"):
+        for score in contracts.SCORES:
             if score in rel:
                 s = rel[score]
-                lines.append(f"- {score}: V = {_v(s['mean'])}, C@50 = {_v(s['c50'])}, C@70 = {_v(s['c70'])} "
-                             f"(n = {_v(s['n'])})")
+                cs = ", ".join(f"C@{z} = {_v(v)}" for z, v in s["coverage"].items())
+                lines.append(f"- {score}: V = {_v(s['mean'])}, {cs} (n = {_v(s['n'])})")
         if rel.get("pairwise"):
             lines.append("- pairwise vs reference: " + ", ".join(f"{k} {v}" for k, v in rel["pairwise"].items()))
         if rel.get("pmatch"):

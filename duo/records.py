@@ -12,12 +12,19 @@ from typing import Any, Iterable, Iterator
 import click
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-# The row contract of coverage, train, test and synthetic files.
-ROW_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask can only set it, and a set-and-restore
+    would race with threads creating files meanwhile)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class DataError(click.ClickException):
@@ -148,7 +155,7 @@ def _atomic_write(path: Path, write, binary: bool = False) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -210,7 +217,7 @@ def copy_file(src: str | Path, dest: str | Path) -> None:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         try:

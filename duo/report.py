@@ -7,7 +7,7 @@ the curves across cycles, from the DVC experiments (`dvc exp show --json`); noth
 from models. Rendering: duo/report_render.py (HTML, Markdown) and duo/report_charts.py; the cost
 model: duo/breakeven.py.
 
-Run: python -m duo.report [--params params.yaml] [--out reports]   (or: make report)
+Run: duo report [--params params.yaml] [--out reports]   (or: make report)
 """
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from pathlib import Path
 
 import click
 
-from duo import breakeven, records
+from duo import breakeven, contracts, records
 from duo import params as params_mod
+from duo.contracts import SCORES
 
-SCORES = ("similarity", "precision")
-# report key -> metrics/<file>.json ("verdict" is metrics/cycle.json: "cycle" is the cycle number)
-METRICS = {"eval": "eval", "verdict": "cycle", "cost": "cost", "train": "train", "infer": "infer",
-           "export": "export", "synth": "synth"}
+# what the report reads of each cycle: report key -> metrics file
+METRICS = {k: v for k, v in contracts.METRICS.items() if k != "summary"}
 
 
 def _read(root: Path, rel: str):
@@ -79,7 +78,7 @@ def experiments(root: Path) -> tuple[list[dict], str | None]:
         return [], "no DVC experiments could be read (not a DVC/git repository yet?)"
     found = []
     for exp in parse_exp_show(json.loads(text)):
-        exp |= {k: _from_commit(root, exp["rev"], f"metrics/{f}.json") for k, f in METRICS.items()}
+        exp |= {k: _from_commit(root, exp["rev"], str(path)) for k, path in METRICS.items()}
         if exp.get("eval"):
             found.append(exp)
     return found, None if found else "no finished DVC experiments yet"
@@ -150,12 +149,12 @@ def build(root: Path, params, now: dt.datetime | None = None, exps: list[dict] |
     """Everything the report shows, as plain data (the renderers only format it)."""
     root = Path(root)
     current = {"name": "current workspace", "cycle": params.cycle, "source": "workspace",
-               **{k: _read(root, f"metrics/{f}.json") for k, f in METRICS.items()}}
+               **{k: _read(root, str(path)) for k, path in METRICS.items()}}
     if exps is None:
         exps, exps_note = experiments(root)
     cycles = series(exps, current)
-    judgments = _jsonl(root, "data/judgments.jsonl")
-    predictions = _jsonl(root, "data/predictions.jsonl")
+    judgments = _jsonl(root, str(contracts.JUDGMENTS))
+    predictions = _jsonl(root, str(contracts.PREDICTIONS))
     rows = samples(judgments, predictions)
     gate_score = params.gate.score if params.gate.score in SCORES else "precision"
     best, worst = best_and_worst(rows, gate_score, params.report.examples)
@@ -198,13 +197,10 @@ def main(params_path: str, out_dir: Path) -> None:
     """Write reports/cycle-<t>.html and .md for the current cycle of params.yaml."""
     params = params_mod.load(params_path)
     root = Path(params_path).resolve().parent
-    if _read(root, "metrics/eval.json") is None:
-        raise click.ClickException(f"{root / 'metrics/eval.json'}: not found: run a cycle first (make cycle)")
+    if _read(root, str(contracts.EVAL_METRICS)) is None:
+        raise click.ClickException(f"{root / contracts.EVAL_METRICS}: not found: run a cycle first (make cycle)")
     data = build(root, params)
     html_path, md_path = write(data, out_dir if out_dir.is_absolute() else root / out_dir)
     click.echo(f"report: {html_path} and {md_path}")
     click.echo(f"report: {data['breakeven_sentence']}")
 
-
-if __name__ == "__main__":
-    main()

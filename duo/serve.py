@@ -6,7 +6,7 @@ Serves models/student.gguf (the latest exported model: the one `duo status` repo
 passes, `make cycle` copies that same file to dist/). Prompts are rendered with the chat template embedded
 in the GGUF, which the export stage checked is the training template.
 
-Run: python -m duo.serve [--model PATH] [--host H] [--port P] [--parallel N]
+Run: duo serve [--model PATH] [--host H] [--port P] [--parallel N]   (or: make serve)
      (env: SERVE_MODEL, SERVE_HOST, SERVE_PORT, SERVE_PARALLEL, SERVE_API_KEY)
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import click
 
-from duo import records
+from duo import contracts, records
 
-DEFAULT_MODEL = Path("models/student.gguf")
-DELIVERABLE = Path("dist/deliverable.json")
+DEFAULT_MODEL = contracts.GGUF
+DELIVERABLE = contracts.DIST / "deliverable.json"
 
 
 def check_gguf(path: Path) -> None:
@@ -94,6 +94,3 @@ def main(model_path: Path, host: str, port: int, parallel: int, alias: str, n_ct
     # Replace this process: signals (Ctrl-C, a test's terminate) reach the server itself.
     os.execve(cmd[0], cmd, env)
 
-
-if __name__ == "__main__":
-    main()

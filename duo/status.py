@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from duo import cycle
+from duo import contracts, cycle
 from duo import params as params_mod
 from duo import records
 
-METRICS = Path("metrics")
+
 
 
 def _pick(d: dict | None, *keys):
@@ -24,7 +24,7 @@ def collect(params_path: str | Path = "params.yaml") -> dict:
     params = params_mod.load(params_path)
     t, gate = params.cycle, params.gate
     verdict = records.read_json(cycle.VERDICT)
-    metrics = {name: records.read_json(METRICS / f"{name}.json")
+    metrics = {name: records.read_json(contracts.METRICS[name])
                for name in ("synth", "train", "export", "infer", "eval", "cost")}
     try:
         stale, stale_error = cycle.stale_stages(), None
@@ -71,8 +71,8 @@ def _metrics_lines(m: dict) -> list[str]:
             pw = ev.get("pairwise") or {}
             scores = f"pairwise win {pw.get('win')} tie {pw.get('tie')} loss {pw.get('loss')}"
         else:
-            scores = ", ".join(f"{s} V={_pick(ev, s, 'mean')} C@70={_pick(ev, s, 'c70')}"
-                               for s in ("similarity", "precision"))
+            scores = ", ".join(f"{s} V={_pick(ev, s, 'mean')} " + " ".join(
+                f"C@{z}={v}" for z, v in contracts.coverages(ev.get(s) or {}).items()) for s in contracts.SCORES)
         lines.append(f"evaluate    cycle {ev.get('cycle')}: {scores}, ROUGE-L {rouge}, {errors}")
     if cost := m.get("cost"):
         usd = "unknown (unpriced model)" if cost.get("cost_usd") is None else f"${cost['cost_usd']}"

@@ -1,160 +1,23 @@
-"""export: merge the adapter into the base, convert with llama.cpp's converter, quantize, prove the
-GGUF is the trained model, and write models/student.gguf with an Ollama Modelfile and a model card.
-Runs every cycle: what is judged ships.
-
-Checks on every export (numbers and seconds in metrics/export.json; a failed check fails the stage):
-- read back with gguf.GGUFReader: architecture, the training chat template, BOS/EOS ids;
-- llama.cpp and the HF tokenizer give the same ids on a fixed set of strings;
-- greedy decoding from the f16 GGUF matches the merged PyTorch model (first 16 of 32 tokens at least);
-- perplexity of the test references, f16 vs the shipped quantization;
-- with export.lora_only, the adapter alone as a GGUF LoRA, applied to the base's f16 GGUF, decodes
-  like the merged file.
+"""export: merge, convert, quantize and check (duo/export/), then install models/student.gguf with an
+Ollama Modelfile and a model card. Runs every cycle: what is judged ships. A failed check fails the
+stage and installs nothing (numbers in metrics/export.json).
 
 Run: python -m stages.export   (reads models/base, models/adapter, data/; writes models/student.gguf,
 models/Modelfile, models/MODEL_CARD.md, models/lora/, metrics/export.json)
 """
 from __future__ import annotations
 
-import gc
-import os
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import click
 
-from duo import gguf, gguf_checks, llamacpp_tools, model_card
+from duo import entry
+from duo import contracts as c
+from duo import export, model_card
 from duo import params as params_mod
-from duo import progress
-from duo import records
-
-BASE, ADAPTER, TEST = Path("models/base"), Path("models/adapter"), Path("data/test.jsonl")
-OUT, MODELFILE, CARD = Path("models/student.gguf"), Path("models/Modelfile"), Path("models/MODEL_CARD.md")
-LORA_DIR = Path("models/lora")
-LORA_FILE = LORA_DIR / "adapter.gguf"
-FLOAT_TYPES = ("f32", "f16", "bf16")
-
-
-def _mb(path: Path) -> float:
-    return round(path.stat().st_size / 2**20, 1)
-
-
-def probe(llm) -> str:
-    """One chat turn through llama.cpp's own handling of the embedded template."""
-    llm.reset()
-    reply = llm.create_chat_completion(gguf_checks.PROBE, max_tokens=48, temperature=0.0)
-    return (reply["choices"][0]["message"]["content"] or "")[:200]
-
-
-def run(p, model_name: str, work: Path, log=click.echo) -> tuple[dict, list[str]]:
-    """Build and check everything in `work`; return (metrics, failed checks). Nothing is moved into
-    models/ here."""
-    seconds: dict[str, float] = {}
-    start = time.monotonic()
-    quant = p.quant
-    base_type = quant if quant in FLOAT_TYPES else "f16"
-    template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
-    failures: list[str] = []
-
-    log("export: merging adapter into base")
-    (model, tokenizer), seconds["merge"] = gguf_checks.timed(gguf.merge, BASE, ADAPTER, work / "merged")
-    log("export: converting with llama.cpp's convert_hf_to_gguf.py")
-    reference = work / f"model-{base_type}.gguf"
-    _, seconds["convert"] = gguf_checks.timed(gguf.convert, work / "merged", reference, base_type, model_name)
-    final = work / "student.gguf"
-    if quant == base_type:
-        shutil.copyfile(reference, final)
-    else:
-        log(f"export: quantizing to {quant}")
-        _, seconds["quantize"] = gguf_checks.timed(gguf.quantize, reference, final, quant)
-
-    # 1. The header says what we trained.
-    meta, seconds["read_back"] = gguf_checks.timed(gguf.read_metadata, final)
-    expected = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    template_ok = meta["chat_template"] == template
-    special_ok = all(meta[k] == v for k, v in expected.items() if v is not None)
-    if not meta["architecture"]:
-        failures.append("the GGUF has no general.architecture")
-    if not template_ok:
-        failures.append("the GGUF's chat template differs from the one used in training")
-    if not special_ok:
-        failures.append(f"BOS/EOS in the GGUF ({meta['bos_token_id']}/{meta['eos_token_id']}) differ from the "
-                        f"tokenizer's ({expected['bos_token_id']}/{expected['eos_token_id']})")
-
-    # 2. Same token ids as the HF tokenizer, on the file that ships.
-    log("export: checking tokenizer, greedy decoding and perplexity")
-    shipped = gguf_checks.load(final)
-    parity, seconds["tokenizer"] = gguf_checks.timed(gguf_checks.tokenizer_parity, shipped, tokenizer)
-    if parity["tokenizer_mismatches"]:
-        failures.append(f"llama.cpp and the HF tokenizer disagree on "
-                        f"{[m['text'] for m in parity['tokenizer_mismatches']]}")
-    reply, seconds["probe"] = gguf_checks.timed(probe, shipped)
-
-    # 3. Greedy decoding from the unquantized GGUF equals the merged PyTorch model's.
-    ref_llm = gguf_checks.load(reference)
-    greedy, seconds["greedy"] = gguf_checks.timed(gguf_checks.greedy_check, ref_llm, model, tokenizer)
-    if not greedy["passed"]:
-        failures.append(f"greedy decoding from the {base_type} GGUF diverges from the merged PyTorch model after "
-                        f"{greedy['common_prefix']} tokens (need {gguf_checks.GREEDY_MIN_PREFIX}): "
-                        f"GGUF {greedy['gguf_text']!r} vs PyTorch {greedy['pytorch_text']!r}")
-
-    # 4. What quantization costs, in perplexity of the test references.
-    perplexity = None
-    if p.ppl_tokens:
-        rows = records.read_records(TEST, records.ROW_FIELDS)
-        sequences = gguf_checks.ppl_sequences(rows, tokenizer, p.ppl_tokens, max_len=512)
-        ref_ppl, seconds[f"ppl_{base_type}"] = gguf_checks.timed(gguf_checks.perplexity, ref_llm, sequences)
-        perplexity = {base_type: ref_ppl["ppl"], "tokens": ref_ppl["tokens"], "rows": ref_ppl["rows"]}
-        if quant != base_type:
-            q_ppl, seconds[f"ppl_{quant}"] = gguf_checks.timed(gguf_checks.perplexity, shipped, sequences)
-            perplexity[quant] = q_ppl["ppl"]
-            perplexity["increase_pct"] = round(100 * (q_ppl["ppl"] / ref_ppl["ppl"] - 1), 2)
-    del shipped, ref_llm, model
-    gc.collect()
-
-    # 5. The adapter alone, applied by llama.cpp on the base's own GGUF.
-    lora = None
-    if p.lora_only:
-        log("export: writing the LoRA GGUF and checking it on the base")
-        t0 = time.monotonic()
-        gguf.convert(BASE, work / "base-f16.gguf", "f16", model_name)
-        gguf.convert_lora(ADAPTER, BASE, work / "adapter.gguf", "f32", model_name)
-        with_lora = gguf_checks.load(work / "base-f16.gguf", lora=work / "adapter.gguf")
-        lora_tokens = gguf_checks.greedy_gguf(with_lora, gguf_checks.prompt_ids(tokenizer))
-        del with_lora
-        lora = gguf_checks.compare_greedy(lora_tokens, greedy["gguf_ids"]) | {
-            "file": str(LORA_FILE), "size_mb": _mb(work / "adapter.gguf"), "base": f"{BASE} converted to f16",
-            "compared_with": f"merged {base_type} GGUF"}
-        seconds["lora"] = round(time.monotonic() - t0, 2)
-        if not lora["passed"]:
-            failures.append(f"the LoRA GGUF on the base decodes differently from the merged file after "
-                            f"{lora['common_prefix']} tokens")
-
-    metrics = {
-        "quant": quant, "size_mb": _mb(final), "sizes_mb": {base_type: _mb(reference), quant: _mb(final)},
-        **{k: v for k, v in meta.items() if k != "chat_template"},
-        "chat_template_matches": template_ok, "special_tokens_match": special_ok,
-        **parity, "greedy": greedy, "perplexity": perplexity, "lora": lora, "probe_reply": reply,
-        "llama_cpp": llamacpp_tools.versions(),
-        "check_seconds": seconds, "seconds": round(time.monotonic() - start, 1),
-    }
-    return metrics, failures
-
-
-def _install(work: Path, lora: bool) -> None:
-    """Move the checked files into models/ (each an atomic rename on the same filesystem)."""
-    os.replace(work / "student.gguf", OUT)
-    LORA_DIR.mkdir(parents=True, exist_ok=True)
-    if lora:
-        os.replace(work / "adapter.gguf", LORA_FILE)
-    else:
-        LORA_FILE.unlink(missing_ok=True)
-
-
-def model_label() -> str:
-    provenance = records.read_json(BASE / "provenance.json") or {}
-    return f"student.source '{provenance.get('source', BASE)}'"
+from duo import progress, records
+from duo.export import gguf
 
 
 @click.command()
@@ -163,28 +26,29 @@ def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     p = params.export
     gguf.check_quant(p.quant)
-    for need in (BASE / "config.json", ADAPTER / "adapter_config.json") + ((TEST,) if p.ppl_tokens else ()):
+    for need in (c.BASE / "config.json", c.ADAPTER / "adapter_config.json") + ((c.TEST,) if p.ppl_tokens else ()):
         if not need.exists():
             raise click.ClickException(f"{need} missing: run the base, prepare and finetune stages first")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export.", dir=OUT.parent) as tmp, \
+    c.GGUF.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export.", dir=c.GGUF.parent) as tmp, \
             progress.Steps("export", ["merge", "convert", "quantize", "checks", "lora"]) as step:
-        metrics, failures = run(p, model_label(), Path(tmp), log=lambda msg: step(msg.removeprefix("export: ")))
+        metrics, failures = export.build(p, export.model_label(), Path(tmp),
+                                         log=lambda msg: step(msg.removeprefix("export: ")))
         if failures:
-            records.write_json("metrics/export.json", metrics | {"failures": failures})
+            records.write_json(c.EXPORT_METRICS, metrics | {"failures": failures})
             raise click.ClickException("export checks failed; the new GGUF was not installed (numbers in "
-                                       "metrics/export.json):\n- " + "\n- ".join(failures))
-        _install(Path(tmp), p.lora_only)
-    template = (ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
-    records.write_text(MODELFILE, gguf.ollama_modelfile(OUT.name, template, ["<|im_end|>", "<|im_start|>"]))
-    records.write_json("metrics/export.json", metrics)
-    model_card.write(CARD, params.cycle, metrics)
+                                       f"{c.EXPORT_METRICS}):\n- " + "\n- ".join(failures))
+        export.install(Path(tmp), p.lora_only)
+    template = (c.ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
+    records.write_text(c.MODELFILE, gguf.ollama_modelfile(c.GGUF.name, template, ["<|im_end|>", "<|im_start|>"]))
+    records.write_json(c.EXPORT_METRICS, metrics)
+    model_card.write(c.CARD, params.cycle, metrics)
     ppl = metrics["perplexity"] or {}
-    progress.summary("export", f"{OUT} ({metrics['size_mb']} MB, {p.quant}); greedy match "
+    progress.summary("export", f"{c.GGUF} ({metrics['size_mb']} MB, {p.quant}); greedy match "
                      f"{metrics['greedy']['common_prefix']}/{metrics['greedy']['tokens']} tokens; perplexity "
                      f"{', '.join(f'{k} {v}' for k, v in ppl.items() if k not in ('tokens', 'rows'))}; "
                      f"probe reply: {metrics['probe_reply'][:60]!r}")
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

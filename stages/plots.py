@@ -10,13 +10,14 @@ Run: python -m stages.plots   (reads metrics/train.json, metrics/eval.json, data
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
+from duo import entry
+from duo import contracts as c
 from duo import records
 
-OUT = Path("metrics/plots")
+OUT = c.PLOTS_DIR
 
 
 def loss_rows(train: dict) -> list[dict]:
@@ -42,11 +43,11 @@ def task_rows(eval_metrics: dict) -> list[dict]:
 
 @click.command()
 def main() -> None:
-    train = records.read_json("metrics/train.json")
-    eval_metrics = records.read_json("metrics/eval.json")
+    train = records.read_json(c.TRAIN_METRICS)
+    eval_metrics = records.read_json(c.EVAL_METRICS)
     if train is None or eval_metrics is None:
-        raise click.ClickException("metrics/train.json or metrics/eval.json missing: run finetune and evaluate first")
-    judgments = records.read_records("data/judgments.jsonl", {"prompt_id": str}, allow_empty=True)
+        raise click.ClickException(f"{c.TRAIN_METRICS} or {c.EVAL_METRICS} missing: run finetune and evaluate first")
+    judgments = records.read_records(c.JUDGMENTS, {"prompt_id": str}, allow_empty=True)
     records.write_json(OUT / "loss.json", loss_rows(train))
     records.write_json(OUT / "scores.json", score_rows(judgments))
     records.write_json(OUT / "tasks.json", task_rows(eval_metrics))
@@ -54,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from duo import entry
 from duo import contracts as c
 from duo import params as params_mod
 from duo import progress, records, service
@@ -50,4 +51,4 @@ def main(params_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from duo import records, service
 from duo.params import Judge
-from stages import evaluate
+from duo.evaluation import judging as evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "metrics" / "bench.json"

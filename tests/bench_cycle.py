@@ -4,7 +4,7 @@ and peak RSS, and a `make cycle` with nothing to do.
 The clone is a copy of the working tree's tracked and untracked files (as tests/conftest.py makes
 them), in .bench/clone. `make setup` there builds its own .venv from pip's cache (warm on any machine
 that set up duo once; the very first set-up also compiles llama-cpp-python). The cycle runs
-`python -m duo.cycle` (what `make cycle` runs) with a `python` shim first on PATH: DVC starts each
+`duo cycle` (what `make cycle` runs) with a `python` shim first on PATH: DVC starts each
 stage as `python -m stages.<name>`, and the shim records the stage's wall time and the peak RSS of the
 stage and everything it started (the llama.cpp server included: the largest single process).
 gate.max_cycles is set to 1 in the clone, so the second `make cycle` has nothing to do (otherwise a
@@ -101,7 +101,7 @@ def bench_cycle(work: Path = WORK) -> dict:
     cycle_env = {**env, "PATH": os.pathsep.join([str(shim_dir), str(python.parent), env["PATH"]]),
                  "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
                  "DUO_BENCH_STAGE_LOG": str(stage_log), "CI": "1"}
-    cycle_s = _timed([str(python), "-m", "duo.cycle"], clone, cycle_env, log)
+    cycle_s = _timed([str(python), "-m", "duo.cli", "cycle"], clone, cycle_env, log)
 
     noop_log = work / "noop.log"
     noop_log.write_text("")

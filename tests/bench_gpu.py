@@ -62,7 +62,7 @@ def _params(**finetune):
 def _train(rows, work: Path, **finetune) -> dict:
     import torch
 
-    from stages import finetune as stage
+    from duo.train import finetune as stage
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -76,7 +76,7 @@ def _plain(rows, work: Path) -> dict:
     import torch
     from transformers import BitsAndBytesConfig
 
-    from stages import finetune as stage
+    from duo.train import finetune as stage
 
     p = _params().finetune
     r, alpha = stage.lora_size(len(rows), p.lora.r, p.lora.alpha)
@@ -96,10 +96,10 @@ def _plain(rows, work: Path) -> dict:
 def _infer(test, parallel: int) -> tuple[list[dict], dict]:
     import torch
 
-    from stages import infer
+    from duo import inference as infer
 
     p = dataclasses.replace(_params().infer, backend="transformers", parallel=parallel)
-    backend = infer.TransformersBackend(infer.GGUF, p)
+    backend = infer.TransformersBackend(infer.contracts.GGUF, p)
     backend.generate("Hello", 0)  # CUDA context, kernels and allocator warm before the clock starts
     torch.cuda.synchronize()
     rows, metrics = infer.run(test, backend, p, cycle=0)
@@ -117,8 +117,8 @@ def main() -> None:
     import torch
 
     from duo import records
-    from stages import finetune as stage
-    from stages import infer
+    from duo.train import finetune as stage
+    from duo import inference as infer
 
     sections = sys.argv[1:] or list(SECTIONS)
     if set(sections) - set(SECTIONS):
@@ -140,7 +140,7 @@ def main() -> None:
         figures["gpu.peak_tflops_fp32"] = round(peak_tflops(torch.float32), 1)
         save()
 
-    rows = records.read_records(ROOT / "data" / "train.jsonl", stage.FIELDS, unique="id")
+    rows = records.read_records(ROOT / "data" / "train.jsonl", stage.contracts.ROW_FIELDS, unique="id")
     lens, comps = bench_train.token_counts(rows, BASE)
     from transformers import AutoConfig
 
@@ -195,7 +195,7 @@ def main() -> None:
             save()
 
     if "infer" in sections:
-        test = records.read_records(ROOT / "data" / "test.jsonl", infer.FIELDS, unique="id")
+        test = records.read_records(ROOT / "data" / "test.jsonl", infer.contracts.ROW_FIELDS, unique="id")
         few = bench_train.subset(test, 12)  # round robin over tasks: short and long answers
         for parallel in (1, 16, 48):
             _, m = _infer(few, parallel)

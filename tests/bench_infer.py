@@ -25,12 +25,12 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
 
     from duo import params as params_mod
     from duo import records
-    from stages import infer
+    from duo import inference as infer
 
     os.chdir(clone)
     params = params_mod.load("params.yaml")
     p = params.infer
-    test = records.read_records("data/test.jsonl", infer.FIELDS, unique="id")
+    test = records.read_records("data/test.jsonl", infer.contracts.ROW_FIELDS, unique="id")
     by_task: dict[str, list[dict]] = {}
     for row in test:
         by_task.setdefault(row["task"], []).append(row)
@@ -38,9 +38,9 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     if kind in ("duo-sequential", "hf"):  # one sequence at a time: the batching lever off / naive generate
         p.parallel = 1
     if kind.startswith("duo"):
-        backend = infer.LlamaCppBackend(infer.GGUF, p)
+        backend = infer.LlamaCppBackend(infer.contracts.GGUF, p)
     else:
-        backend = infer.TransformersBackend(infer.GGUF, p)  # merged base + adapter, per-prompt generate
+        backend = infer.TransformersBackend(infer.contracts.GGUF, p)  # merged base + adapter, per-prompt generate
     start = time.monotonic()
     rows, metrics = infer.run(prompts, backend, p, params.cycle)
     seconds = time.monotonic() - start

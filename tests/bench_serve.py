@@ -65,7 +65,7 @@ def bench_serve(parallel: int = 8) -> dict:
     port = local_llm.free_port()
     env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf), "SERVE_PARALLEL": str(parallel),
            "SERVE_API_KEY": "bench"}
-    proc = subprocess.Popen([sys.executable, "-m", "duo.serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "duo.cli", "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -88,7 +88,7 @@ def token_counts(rows: list[dict], base: Path) -> tuple[list[int], list[int]]:
     """Per row: templated length and labelled (completion) length, as TRL tokenizes them."""
     from transformers import AutoTokenizer
 
-    from stages import finetune
+    from duo.train import finetune
 
     tok = AutoTokenizer.from_pretrained(base)
     lens, comps = [], []
@@ -113,7 +113,7 @@ def plain_trl(rows: list[dict], base: Path, lora_cfg: dict, batch_size: int, wor
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from stages import finetune
+    from duo.train import finetune
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, **(model_kwargs or {"dtype": torch.float32}))
@@ -165,7 +165,7 @@ def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None =
     import yaml
 
     from duo import params as params_mod
-    from stages import finetune
+    from duo.train import finetune
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = dict(overrides or {})
@@ -181,9 +181,9 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     import resource
 
     from duo import records
-    from stages import finetune
+    from duo.train import finetune
 
-    rows = subset(records.read_records(data, finetune.FIELDS, unique="id"), n_rows)
+    rows = subset(records.read_records(data, finetune.contracts.ROW_FIELDS, unique="id"), n_rows)
     import yaml
 
     lora = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["lora"]
@@ -198,21 +198,21 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
                         budget_s=opts.get("budget_s", 0.0))
     else:
         if kind == "duo-all-positions":  # the lever off: TRL's own CPU behaviour
-            from duo import train_levers
+            from duo.train import levers as train_levers
 
             train_levers.score_labelled_positions_only = lambda: None
         if kind == "duo-torch-dropout":  # the lever off: torch's own dropout masks
-            from duo import train_levers
+            from duo.train import levers as train_levers
 
             train_levers.cheap_dropout_masks = lambda model: 0
         if kind == "duo-no-trim":  # the lever off: freed heap pages kept between micro-batches
-            from duo import train_levers
+            from duo.train import levers as train_levers
 
             train_levers.trim_heap_each_forward = lambda model: None
         if kind == "duo-mmap-128k":  # glibc's initial threshold, fixed: every activation mmap'd
             import functools
 
-            from duo import train_levers
+            from duo.train import levers as train_levers
 
             train_levers.return_freed_memory = functools.partial(train_levers.return_freed_memory, 128 * 1024)
         m = duo_train(rows, Path(base), Path(work), json.loads(overrides))
@@ -248,10 +248,10 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     from transformers import AutoConfig
 
     from duo import records
-    from stages import finetune
+    from duo.train import finetune
 
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
-    rows = subset(records.read_records(data, finetune.FIELDS, unique="id"), n_rows)
+    rows = subset(records.read_records(data, finetune.contracts.ROW_FIELDS, unique="id"), n_rows)
     lens, comps = token_counts(rows, base)
     config = AutoConfig.from_pretrained(base)
     lora = yaml_lora()
@@ -309,7 +309,7 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     if cycle_train and cycle_train.get("tokens_per_s") and adapted_layers(config, lora) < config.num_hidden_layers:
         # the cycle's frozen layers ran forward once per row over all its epochs (cached): per token
         # of the run that is less work than in the one-epoch head-to-head
-        all_lens, all_comps = token_counts(records.read_records(data, finetune.FIELDS, unique="id"), base)
+        all_lens, all_comps = token_counts(records.read_records(data, finetune.contracts.ROW_FIELDS, unique="id"), base)
         epochs = float(cycle_train.get("epochs") or 1.0)
         run_flops = sum(row_flops(config, lora_params, l, c, adapted_layers(config, lora), epochs)
                         for l, c in zip(all_lens, all_comps))

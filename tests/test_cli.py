@@ -20,10 +20,26 @@ def invoke(*args, input=None):
 def test_help_lists_the_commands():
     result = invoke("-h")
     assert result.exit_code == 0
-    for command in ("status", "chat", "import", "curate"):
-        assert f"  {command}  " in result.output
-    for command in ("status", "chat", "import"):
-        assert invoke(command, "-h").exit_code == 0
+    commands = ("cycle", "converge", "serve", "report", "bench", "status", "chat", "import", "curate", "measure")
+    for command in commands:
+        assert f"  {command} " in result.output, command
+        assert invoke(command, "-h").exit_code == 0, command
+
+
+def test_importing_duo_changes_nothing_in_the_process():
+    """No import-time side effects: environment, excepthook and umask are an entry point's business."""
+    import os
+    import subprocess
+    import sys
+
+    from duo import entry
+
+    script = ("import os, sys; env = dict(os.environ); hook = sys.excepthook; mask = os.umask(0o027); "
+              "import duo, duo.records, duo.service, duo.cli, duo.params; "
+              "assert dict(os.environ) == env and sys.excepthook is hook and os.umask(0o027) == 0o027")
+    env = {k: v for k, v in os.environ.items() if k not in entry.OFFLINE}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_next_step_follows_the_cycle_rules():

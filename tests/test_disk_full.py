@@ -19,6 +19,8 @@ from duo import records
 from tests import tiny_model
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 
 def rows(n: int, size: int) -> str:
     tasks = ["a", "b"]
@@ -95,16 +97,17 @@ def test_prepare_past_the_file_size_limit_keeps_the_old_split(tmp_path):
 
 SAVE_MODEL = """
 import sys
-import duo  # installs the one-line disk-full message, as every stage does by importing duo
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from stages import base
+from duo import entry
+from duo import models as base
 src = Path(sys.argv[1])
 model, tok = AutoModelForCausalLM.from_pretrained(src), AutoTokenizer.from_pretrained(src)
 import resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))  # the weights are ~13 MB
-base.save(model, tok, {"source": "new"}, Path("models/base"))
+# the one-line disk-full message, as every stage's entry point sets it up
+entry.run(lambda: base.save_base(model, tok, {"source": "new"}, Path("models/base")))
 """
 
 
@@ -164,8 +167,9 @@ import os, resource, signal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 limit = int(os.environ["FSIZE_LIMIT"])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # inherited by llama.cpp's converter
+from duo import entry
 from stages.export import main
-main()
+entry.run(main)
 """
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests import tiny_model
 from tests.test_resume import TINY, make_project, run_inline
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):

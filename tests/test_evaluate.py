@@ -261,7 +261,7 @@ def test_the_papers_m_three_distinct_samples_per_response(in_tmp, fake):
 def test_concurrent_judge_requests_are_for_different_prompts(in_tmp, fake):
     """With two calls in flight, the two are for two prompts, and each prompt's samples (then its
     teacher answer) follow one another: a llama.cpp slot keeps reusing that prompt's prefix."""
-    from stages.evaluate import _interleave
+    from duo.evaluation.judging import _interleave
 
     assert _interleave([[0, 1, 6], [2, 3, 7], [4, 5, 8]], 2) == [0, 2, 1, 3, 6, 7, 4, 5, 8]
     assert _interleave([[0, 1], [2, 3]], 1) == [0, 1, 2, 3]

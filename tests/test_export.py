@@ -14,8 +14,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import cycle, gguf, gguf_checks, records
+from duo import cycle, records
+from duo.export import checks as gguf_checks
+from duo.export import gguf
 from stages import export
+
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,11 +60,11 @@ def write_params(root: Path, **export_params) -> None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """models/base from the bundled GGUF, a PEFT adapter and a little data, as the stages leave them."""
-    from stages import base
+    from duo import models as base
 
     root = tmp_path_factory.mktemp("export")
     model, tokenizer, provenance = base.load_source("bundled:smollm2", False)
-    base.save(model, tokenizer, provenance, root / "models" / "base")
+    base.save_base(model, tokenizer, provenance, root / "models" / "base")
     make_adapter(root / "models" / "base", root / "models" / "adapter")
     write_data(root)
     old = os.getcwd()

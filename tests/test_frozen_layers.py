@@ -11,6 +11,8 @@ import yaml
 from tests import tiny_model
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 torch = pytest.importorskip("torch")
 
 ROWS = [{"id": f"r{i}", "task": "qa", "prompt": f"What is {i} plus {i}? " + "Think. " * (i % 4),
@@ -24,7 +26,7 @@ def base(tmp_path_factory):
 
 def _train(base: Path, out: Path, cache_mb: int, layers="all", precision="fp32"):
     from duo import params as params_mod
-    from stages import finetune
+    from duo.train import finetune
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["finetune"].update({"epochs": 3.0, "batch_size": 4, "micro_batch_size": 2, "max_length": 48,
@@ -58,7 +60,7 @@ def test_cached_run_equals_uncached_run(base, tmp_path):
 def test_cached_run_matches_uncached_run_to_bf16_precision_under_autocast(base, tmp_path):
     # Under bf16 autocast the cached and recomputed frozen states round differently (machine A: adapter
     # weights up to 1.6e-4 apart at |w| <= 0.13, losses equal to 4 decimals); fp32 is exact (above).
-    from stages import finetune
+    from duo.train import finetune
 
     if not finetune._bf16_fast("cpu"):
         pytest.skip("this CPU has no bf16 math: `precision: auto` never picks bf16 autocast here")
@@ -79,7 +81,7 @@ def test_adapting_every_layer_caches_nothing(base, tmp_path):
 
 def test_cache_full_still_trains_every_row(base):
     """Past the memory budget rows are recomputed (still without backward through the frozen layers)."""
-    from duo import frozen_layers
+    from duo.train import frozen_layers
 
     model = _peft(base)
     cache = frozen_layers.install(model, 1, max_bytes=1)
@@ -109,7 +111,7 @@ def _batch(model):
 
 
 def test_forward_and_gradients_match_the_model(base):
-    from duo import frozen_layers
+    from duo.train import frozen_layers
 
     model = _peft(base)
     model.train()

@@ -11,11 +11,12 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from duo import records
+from duo import contracts, records
+from duo import splits
 from stages import prepare
 from tests.conftest import ROOT
 
-FIELDS = records.ROW_FIELDS
+FIELDS = contracts.ROW_FIELDS
 
 
 def row(i: int, task: str = "qa", size: int = 10) -> dict:
@@ -55,7 +56,7 @@ def test_bom_and_crlf_file_goes_through_prepare_unchanged(tmp_path, monkeypatch)
     assert sorted(out, key=lambda r: r["id"]) == rows
     assert b"\r" not in Path("data/train.jsonl").read_bytes()
     # Same split as splitting the rows themselves (the streaming path keeps the order).
-    train, val, test = prepare.split(rows, 0.8, 42, 0.1)
+    train, val, test = splits.split(rows, 0.8, 42, 0.1)
     assert records.read_records("data/test.jsonl", FIELDS) == test
     assert records.read_records("data/val.jsonl", FIELDS, allow_empty=True) == val
 
@@ -121,7 +122,7 @@ def test_finetune_refuses_bad_data_before_loading_any_model(tmp_path, monkeypatc
 def test_infer_cuts_prompts_longer_than_the_context_and_counts_them():
     from duo import models
     from duo.params import Infer
-    from stages import infer
+    from duo import inference as infer
 
     p = Infer(k=2, max_tokens=8, n_ctx=256, temperature=0.0, threads=1)
     backend = infer.LlamaCppBackend(models.bundled_gguf("smollm2"), p)

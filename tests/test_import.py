@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from duo import records
+from duo import contracts, records
 from duo.cli import main
 
 
@@ -21,7 +21,7 @@ def run(*args, ok=True):
 
 
 def read(path):
-    return records.read_records(path, records.ROW_FIELDS, unique="id")  # what the prepare stage accepts
+    return records.read_records(path, contracts.ROW_FIELDS, unique="id")  # what the prepare stage accepts
 
 
 def jl(path, lines):

@@ -8,8 +8,10 @@ import dataclasses
 import pytest
 
 from duo.params import Infer
-from stages import infer
+from duo import inference as infer
 from tests import tiny_model
+
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
 
 PROMPTS = ["Say yes.", "Classify this review as positive or negative: the film was long and dull.",
            "Write a headline for: the city council voted to repair the old bridge next spring.", "Hi"]
@@ -33,7 +35,7 @@ def project(tmp_path_factory):
 def _backend(project, monkeypatch, **kw):
     monkeypatch.chdir(project)
     p = dataclasses.replace(Infer(), backend="transformers", max_tokens=8, **kw)
-    return infer.TransformersBackend(infer.GGUF, p), p
+    return infer.TransformersBackend(infer.contracts.GGUF, p), p
 
 
 def _run(backend, p):

@@ -1,6 +1,7 @@
 import pytest
 
-from duo import judge, prompts
+from duo import prompts
+from duo.evaluation import scores as judge
 from tests.conftest import ROOT
 
 GOOD = '{"similarity_assessment": {"score": 80}, "precision_assessment": {"score": 65}}'

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from duo import local_llm, models
-from stages import infer
+from duo import inference as infer
+
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
 
 PROMPTS = ["Name one colour of the sky.", "Write a short poem about rain in the city at night.",
            "Classify the sentiment of: 'I loved it.' Reply with one word.", "What is 2 + 2?"]
@@ -24,7 +26,7 @@ def _tokens(llm, prompt):
 def test_one_slot_reproduces_llama_cpp_python_exactly(llm):
     # one sequence at a time, the same batch shapes as llama-cpp-python: same sampler chain and seed,
     # so the same text, token count and finish reason as create_chat_completion
-    from duo import llama_batch
+    from duo.inference import batch as llama_batch
 
     gen = llama_batch.BatchedGenerator(llm, 1, 256, 40)
     try:
@@ -42,7 +44,7 @@ def test_one_slot_reproduces_llama_cpp_python_exactly(llm):
 
 
 def test_many_sequences_refill_slots_stay_deterministic_and_honour_limits(llm):
-    from duo import llama_batch
+    from duo.inference import batch as llama_batch
 
     # 4 prompts x 3 samples through 5 slots: prompts are admitted in parts and slots are refilled
     jobs = [(_tokens(llm, p), [100 * i + j for j in range(3)]) for i, p in enumerate(PROMPTS)]

@@ -13,6 +13,8 @@ import yaml
 
 from tests.conftest import ROOT, copy_project
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 MICRO = {
     "coverage": {"train_ratio": 0.75, "seed": 1},
     "synth": {"seeds_per_cycle": 2, "pairs_per_request": 2, "max_tokens": 320, "per_cycle": 2, "max_requests": 8},
@@ -52,7 +54,7 @@ def git_commit(repo: Path, msg: str) -> None:
 
 def turn(repo: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true"}
-    proc = subprocess.run([sys.executable, "-m", "duo.cycle"], cwd=repo, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "duo.cli", "cycle"], cwd=repo, env=env, capture_output=True, text=True,
                           timeout=1800)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -210,7 +212,7 @@ def test_report_and_dvc_plots_diff_across_the_two_cycles(repo, cycle1):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true"}
     plots = {p.name for p in (repo / "metrics" / "plots").iterdir()}
     assert plots == {"loss.json", "scores.json", "tasks.json"}
-    proc = subprocess.run([sys.executable, "-m", "duo.report"], cwd=repo, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "duo.cli", "report"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     page = (repo / "reports" / "cycle-1.html").read_text()
     ev = read(repo, "metrics/eval.json")

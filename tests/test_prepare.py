@@ -6,7 +6,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import records
+from duo import contracts, records
+from duo import splits
 from stages import prepare
 from tests.conftest import ROOT
 
@@ -17,7 +18,7 @@ def rows(n_per_task: dict[str, int]):
 
 
 def test_shipped_sample_data_is_a_real_coverage_set():
-    data = records.read_records(ROOT / "data" / "coverage.jsonl", prepare.FIELDS, unique="id")
+    data = records.read_records(ROOT / "data" / "coverage.jsonl", contracts.ROW_FIELDS, unique="id")
     counts = Counter(r["task"] for r in data)
     assert set(counts) == {"summarization", "classification", "coding", "closed_qa"}
     assert min(counts.values()) >= 30
@@ -27,32 +28,32 @@ def test_shipped_sample_data_is_a_real_coverage_set():
 
 def test_split_is_per_task_seeded_and_by_ratio():
     data = rows({"a": 10, "b": 5})
-    train, val, test = prepare.split(data, 0.8, seed=1)
+    train, val, test = splits.split(data, 0.8, seed=1)
     assert Counter(r["task"] for r in test) == {"a": 2, "b": 1} and val == []
     assert len(train) + len(test) == 15 and not {r["id"] for r in train} & {r["id"] for r in test}
-    again = prepare.split(list(reversed(data)), 0.8, seed=1)
+    again = splits.split(list(reversed(data)), 0.8, seed=1)
     assert again == (train, val, test), "input order does not change the split"
-    other = prepare.split(data, 0.8, seed=2)
+    other = splits.split(data, 0.8, seed=2)
     assert {r["id"] for r in other[2]} != {r["id"] for r in test}
 
 
 def test_validation_is_carved_from_train_per_task_and_never_touches_test():
     data = rows({"a": 40, "b": 10, "c": 3})
-    _, _, test_before = prepare.split(data, 0.8, seed=7)
-    train, val, test = prepare.split(data, 0.8, seed=7, validation_ratio=0.25)
+    _, _, test_before = splits.split(data, 0.8, seed=7)
+    train, val, test = splits.split(data, 0.8, seed=7, validation_ratio=0.25)
     assert test == test_before, "the judge's split does not depend on the validation ratio"
     assert Counter(r["task"] for r in val) == {"a": 8, "b": 2, "c": 1}
     ids = [{r["id"] for r in part} for part in (train, val, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]) and sum(map(len, ids)) == len(data)
     assert Counter(r["task"] for r in train)["c"] == 1, "a task keeps at least one training row"
-    assert prepare.split(data, 0.8, seed=7, validation_ratio=0.25) == (train, val, test)
+    assert splits.split(data, 0.8, seed=7, validation_ratio=0.25) == (train, val, test)
 
 
 def test_task_that_cannot_be_split_is_refused():
     with pytest.raises(click.ClickException, match="task 'b' has 1 row"):
-        prepare.split(rows({"a": 5, "b": 1}), 0.8, seed=1)
+        splits.split(rows({"a": 5, "b": 1}), 0.8, seed=1)
     with pytest.raises(click.ClickException, match="leaves no training row"):
-        prepare.split(rows({"a": 2}), 0.1, seed=1)
+        splits.split(rows({"a": 2}), 0.1, seed=1)
 
 
 def _run(tmp_path, monkeypatch, coverage: str, params=None):
@@ -67,7 +68,7 @@ def test_cli_writes_both_splits(tmp_path, monkeypatch):
     text = "".join(json.dumps(r) + "\n" for r in rows({"a": 5, "b": 5}))
     result = _run(tmp_path, monkeypatch, text)
     assert result.exit_code == 0, result.output
-    assert len(records.read_records("data/test.jsonl", prepare.FIELDS)) == 2
+    assert len(records.read_records("data/test.jsonl", contracts.ROW_FIELDS)) == 2
 
 
 @pytest.mark.parametrize("coverage, message", [

@@ -19,7 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 from duo import breakeven, params as params_mod, records, report, report_render
-from stages import evaluate, gate
+from duo.evaluation import reference, summary
+from duo import gate as gate_mod
 from stages import plots as plots_stage
 from tests.conftest import ROOT
 
@@ -75,8 +76,8 @@ def make_project(root: Path, cycle: int = 1) -> dict:
     errors = sum(r["error"] is not None for r in judgments)
     calls = {"calls": 32, "cached": 0, "failed": 0, "retries": 0, "overflows": 0, "prompt_tokens": 9000,
              "completion_tokens": 700, "cost_usd": 0.0123, "max_in_flight": 4}
-    ev = {"cycle": cycle, "mode": "single", **evaluate.summarise_single(judgments, tasks, p, ["local"]),
-          "reference": evaluate.reference_metrics(preds),
+    ev = {"cycle": cycle, "mode": "single", **summary.summarise_single(judgments, tasks, p, ["local"]),
+          "reference": reference.reference_metrics(preds),
           "judge": {"models": ["local"], "samples": len(judgments), "judge_errors": errors,
                     "error_rate": round(errors / len(judgments), 4), "calls": {"local": calls}}}
     synth = {"cycle": cycle, "service": calls | {"cost_usd": 0.004}}
@@ -88,8 +89,8 @@ def make_project(root: Path, cycle: int = 1) -> dict:
     infer = {"cycle": cycle, "backend": "llama_cpp", "k": 2, "responses": len(preds), "completion_tokens": 2000,
              "seconds": 80.0, "tokens_per_s": 25.0, "stopped_share": 0.9}
     g = params_mod.Gate(threshold=60, max_cycles=3)
-    files = {"eval": ev, "train": train, "infer": infer, "synth": synth, "cycle": gate.verdict(ev, g, cycle),
-             "cost": gate.cost(synth, ev, cycle)}
+    files = {"eval": ev, "train": train, "infer": infer, "synth": synth, "cycle": gate_mod.verdict(ev, g, cycle),
+             "cost": gate_mod.cost(synth, ev, cycle)}
     for name, obj in files.items():
         records.write_json(root / "metrics" / f"{name}.json", obj)
     records.write_jsonl(root / "data" / "predictions.jsonl", preds)
@@ -367,7 +368,7 @@ def test_pairwise_mode_reports_win_rates_without_histograms(project, tmp_path):
              "subject": "student", "verdicts": ["A", "B"], "outcome": outcomes[i % 3], "error": None, "raw": ["", ""]}
             for i, p in enumerate(preds)]
     tasks = {p["prompt_id"]: p["task"] for p in preds}
-    ev = {"cycle": 1, "mode": "pairwise", **evaluate.summarise_pairwise(rows, tasks, ["local"]),
+    ev = {"cycle": 1, "mode": "pairwise", **summary.summarise_pairwise(rows, tasks, ["local"]),
           "reference": files["eval"]["reference"], "judge": files["eval"]["judge"]}
     records.write_json(root / "metrics" / "eval.json", ev)
     records.write_jsonl(root / "data" / "judgments.jsonl", rows)

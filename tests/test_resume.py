@@ -15,9 +15,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import checkpoints
+from duo.train import checkpoints
 from tests import tiny_model
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
 
 TINY = {"max_steps": 6, "batch_size": 2, "max_length": 64, "save_steps": 2, "threads": 1, "epochs": 1.0,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}}

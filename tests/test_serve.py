@@ -1,4 +1,4 @@
-"""`make serve` (python -m duo.serve): the real llama-server on the bundled 135M GGUF, called through
+"""`make serve` (duo serve): the real llama-server on the bundled 135M GGUF, called through
 litellm and the openai client exactly as an application would; the prompt it renders is the training one;
 parallel clients, the API key, /health."""
 from __future__ import annotations
@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from duo import llama_server, local_llm, models, serve
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 MESSAGES = [{"role": "user", "content": "Name one colour of the sky."}]
 
 
@@ -25,7 +27,7 @@ def gguf():
 def start(gguf, cwd, **env_extra):
     port = local_llm.free_port()
     env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf), **env_extra}  # `make serve`'s route
-    proc = subprocess.Popen([sys.executable, "-m", "duo.serve", "--threads", "2"], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "duo.cli", "serve", "--threads", "2"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not local_llm._ready(f"http://127.0.0.1:{port}/health"):

@@ -7,7 +7,7 @@ import pytest
 from duo import service
 from duo.params import Curate, Synth
 from duo.synth import generate, teacher
-from stages.finetune import load_rows, lora_size
+from duo.train.finetune import load_rows, lora_size
 from tests.fake_provider import FakeProvider, unique_pairs
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 torch = pytest.importorskip("torch")
 
 
@@ -77,7 +79,7 @@ def test_packed_rows_do_not_attend_across_boundaries():
 def test_scoring_labelled_positions_only_is_exact(monkeypatch):
     import trl.trainer.utils as trl_utils
 
-    from duo import train_levers
+    from duo.train import levers as train_levers
 
     model = _model()
     padded, _ = _batches()
@@ -152,7 +154,7 @@ def _lora_model(dropout: float):
 
 
 def test_cheap_dropout_masks_have_dropouts_distribution():
-    from duo import train_levers
+    from duo.train import levers as train_levers
 
     model = _lora_model(0.05)
     assert train_levers.cheap_dropout_masks(model) == 4  # 2 layers x (q, v)
@@ -180,7 +182,7 @@ def test_cheap_dropout_masks_have_dropouts_distribution():
 def test_cheap_dropout_masks_train_like_dropout():
     """Gradients flow through the kept entries only, scaled as nn.Dropout scales them; without
     dropout the swapped model is the same function."""
-    from duo import train_levers
+    from duo.train import levers as train_levers
 
     model = _lora_model(0.05)
     train_levers.cheap_dropout_masks(model)
@@ -199,13 +201,13 @@ def test_cheap_dropout_masks_train_like_dropout():
 
 
 def test_cheap_dropout_masks_leave_zero_dropout_alone():
-    from duo import train_levers
+    from duo.train import levers as train_levers
 
     assert train_levers.cheap_dropout_masks(_lora_model(0.0)) == 0
 
 
 def test_heap_trim_runs_before_each_forward_and_changes_nothing(monkeypatch):
-    from duo import train_levers
+    from duo.train import levers as train_levers
 
     model = _model()
     padded, _ = _batches()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from duo import contracts, judge, prompts
+from duo import contracts, prompts
+from duo.replies import json_objects
 from duo.service import Request
 
 TOPICS = {"summarization": "concise, faithful summaries of passages",
@@ -54,7 +55,7 @@ def parse_pairs(text: str | None) -> list[dict]:
     """The `contents` list of a reply, tolerating code fences and prose around the JSON."""
     if not text:
         return []
-    for obj in judge.json_objects(text):
+    for obj in json_objects(text):
         if isinstance(obj.get("contents"), list):
             return [c for c in obj["contents"] if isinstance(c, dict)
                     and isinstance(c.get("instruction"), str) and isinstance(c.get("response"), str)

@@ -1,0 +1,58 @@
+"""The llama_cpp backend: K responses per prompt from the exported GGUF (what ships), `infer.parallel`
+sequences decoded together (duo/inference/batch.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from duo import local_llm
+
+TEMPLATE_RESERVE = 32  # tokens the chat template adds around a prompt
+
+
+class LlamaCppBackend:
+    def __init__(self, path: Path, p):
+        import llama_cpp
+
+        self.p = p
+        self.truncated: set[int] = set()  # hashes of prompts cut to fit (each counted once, not K times)
+        self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, verbose=False, seed=p.seed,
+                                   **local_llm.thread_kwargs(p.threads))
+
+    def fit(self, prompt: str) -> str:
+        """Policy for a prompt longer than the context: keep its head and tail, cut the middle, so
+        that max_tokens still fit; counted as `truncated_prompts` in metrics/infer.json."""
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=False)
+        budget = self.p.n_ctx - self.p.max_tokens - TEMPLATE_RESERVE
+        if budget < 16:
+            budget = self.p.n_ctx // 2
+        if len(tokens) <= budget:
+            return prompt
+        self.truncated.add(hash(prompt))
+        half = budget // 2 - 4  # room for the marker
+        head = self.llm.detokenize(tokens[:half]).decode("utf-8", errors="ignore")
+        tail = self.llm.detokenize(tokens[len(tokens) - half:]).decode("utf-8", errors="ignore")
+        return f"{head}\n[...]\n{tail}"
+
+    def generate(self, prompt: str, seed: int) -> tuple[str, int, str]:
+        prompt = self.fit(prompt)
+        # The K samples of one prompt run back to back, so llama.cpp reuses the prompt's KV cache.
+        out = self.llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=self.p.max_tokens,
+                                              temperature=self.p.temperature, top_p=self.p.top_p, seed=seed)
+        choice = out["choices"][0]
+        return choice["message"]["content"] or "", out["usage"]["completion_tokens"], choice["finish_reason"]
+
+    def generate_all(self, prompts: list[str], seeds: list[list[int]]):
+        """Every sample of every prompt through one continuously batched context (`infer.parallel`
+        sequences at once); yields (prompt index, sample index, text, tokens, finish reason)."""
+        from duo.inference import batch as llama_batch
+
+        jobs = []
+        for prompt, prompt_seeds in zip(prompts, seeds):
+            text = local_llm.render_chat(self.llm, [{"role": "user", "content": self.fit(prompt)}])
+            jobs.append((self.llm.tokenize(text.encode("utf-8"), special=True), prompt_seeds))
+        gen = llama_batch.BatchedGenerator(self.llm, self.p.parallel, max(len(t) for t, _ in jobs), self.p.max_tokens)
+        try:
+            for i, j, sample in gen.generate(jobs, self.p.temperature, self.p.top_p):
+                yield i, j, sample.text, sample.tokens, sample.finish_reason
+        finally:
+            gen.close()

@@ -1,0 +1,1 @@
+"""Training the student: the finetune core, its levers, the frozen-layer cache, crash-safe checkpoints."""
