@@ -19,14 +19,19 @@ TOOLS = Path(__file__).resolve().parent.parent / "tools" / "llama.cpp"
 WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 
-def converter(name: str = "convert_hf_to_gguf.py") -> Path:
-    script = TOOLS / name
-    # `dvc exp run --temp/--queue` runs in a copy of the tracked files under <repo>/.dvc/tmp/exps/,
-    # without the (git-ignored) tools/ folder: use the enclosing checkout's.
+def _find(name: str) -> Path:
+    """tools/llama.cpp/<name> of this checkout, else of an enclosing one: `dvc exp run --temp/--queue`
+    runs in a copy of the tracked files under <repo>/.dvc/tmp/exps/, without the (git-ignored) tools/."""
+    path = TOOLS / name
     for parent in TOOLS.parents[2:]:
-        if script.exists():
+        if path.exists():
             break
-        script = parent / "tools" / "llama.cpp" / name
+        path = parent / "tools" / "llama.cpp" / name
+    return path
+
+
+def converter(name: str = "convert_hf_to_gguf.py") -> Path:
+    script = _find(name)
     if not script.exists():
         raise click.ClickException(f"{TOOLS / 'convert_hf_to_gguf.py'} is missing: run `make setup` "
                                    f"(fetches llama.cpp's converter)")
@@ -39,7 +44,7 @@ def lora_converter() -> Path:
 
 def versions() -> dict:
     """llama-cpp-python's version and the llama.cpp commit its sources (and so its build) come from."""
-    commit = TOOLS / "COMMIT"
+    commit = _find("COMMIT")
     return {"llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
             "llama_cpp_commit": commit.read_text().strip() if commit.exists() else None}
 

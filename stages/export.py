@@ -40,7 +40,7 @@ def main(params_path: str) -> None:
                                        f"{c.EXPORT_METRICS}):\n- " + "\n- ".join(failures))
         export.install(Path(tmp), p.lora_only)
     template = (c.ADAPTER / "chat_template.jinja").read_text(encoding="utf-8")
-    records.write_text(c.MODELFILE, gguf.ollama_modelfile(c.GGUF.name, template, ["<|im_end|>", "<|im_start|>"]))
+    metrics["template_family"] = export.write_modelfile(c.MODELFILE, c.GGUF.name, template, metrics["end_tokens"])
     records.write_json(c.EXPORT_METRICS, metrics)
     model_card.write(c.CARD, params.cycle, metrics)
     ppl = metrics["perplexity"] or {}

@@ -33,6 +33,8 @@ def setup_dir(tmp: Path, url: str, n: int = 6, **judge) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["service"].update({"model": "openai/judge-a", "api_base": url, "max_retries": 1, "concurrency": 4})
     params["judge"].update({"pmatch": False, **judge})
+    if judge.get("mode") == "pairwise":  # the gate must read what pairwise judging produces (checked at load)
+        params["gate"].update({"score": "pairwise", "statistic": "win"})
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
 
 

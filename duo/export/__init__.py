@@ -19,7 +19,7 @@ import click
 
 from duo import contracts as c
 from duo import llamacpp_tools, records
-from duo.export import checks, gguf
+from duo.export import checks, families, gguf
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
 
@@ -120,8 +120,9 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
             failures.append(f"the LoRA GGUF on the base decodes differently from the merged file after "
                             f"{lora['common_prefix']} tokens")
 
+    end_tokens = [t for t in (tokenizer.eos_token, getattr(tokenizer, "eot_token", None)) if t]
     metrics = {
-        "quant": quant, "size_mb": _mb(final), "sizes_mb": {base_type: _mb(reference), quant: _mb(final)},
+        "quant": quant, "end_tokens": end_tokens, "size_mb": _mb(final), "sizes_mb": {base_type: _mb(reference), quant: _mb(final)},
         **{k: v for k, v in meta.items() if k != "chat_template"},
         "chat_template_matches": template_ok, "special_tokens_match": special_ok,
         **parity, "greedy": greedy, "perplexity": perplexity, "lora": lora, "probe_reply": reply,
@@ -129,6 +130,16 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
         "check_seconds": seconds, "seconds": round(time.monotonic() - start, 1),
     }
     return metrics, failures
+
+
+def write_modelfile(path: Path, gguf_name: str, chat_template: str, end_tokens: list[str], log=click.echo) -> str | None:
+    """The Ollama Modelfile for the template's family; returns the family's name (None: unknown, warned)."""
+    text, warning = families.modelfile(gguf_name, chat_template, end_tokens)
+    if warning:
+        log(f"export: warning: {warning}")
+    records.write_text(path, text)
+    family = families.detect(chat_template)
+    return family.name if family else None
 
 
 def install(work: Path, lora: bool) -> None:

@@ -136,9 +136,12 @@ def ppl_sequences(rows: list[dict], hf_tokenizer, max_tokens: int, max_len: int)
         head = prompt_ids(hf_tokenizer, user)
         full = list(hf_tokenizer.apply_chat_template(user + [{"role": "assistant", "content": row["response"]}],
                                                      tokenize=True, return_dict=False))
-        if full[:len(head)] != head or len(head) >= max_len - 1:
+        # The response starts where the conversation's tokens stop matching the prompt's: text after
+        # the generation prompt (Llama 3's "\n\n") may merge with the boundary into another token.
+        start = next((i for i, (a, b) in enumerate(zip(head, full)) if a != b), min(len(head), len(full)))
+        if start < len(head) - 2 or start >= max_len - 1 or start >= len(full):
             continue  # a template that rewrites the prompt once answered, or a prompt longer than the window
-        candidates.append((full[:max_len], len(head)))
+        candidates.append((full[:max_len], start))
     out, total = [], 0
     for full, start in sorted(candidates, key=lambda c: c[1]):
         room = max_tokens - total

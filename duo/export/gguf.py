@@ -151,18 +151,3 @@ def read_metadata(path: Path) -> dict:
         "file_type": field("general.file_type"),
         "tensors": len(reader.tensors),
     }
-
-
-def ollama_modelfile(gguf_name: str, chat_template: str, stops: list[str]) -> str:
-    """An Ollama Modelfile; the Go template is written for ChatML (the embedded default's format)."""
-    if "<|im_start|>" not in chat_template:
-        raise click.ClickException("the chat template is not ChatML; duo writes Ollama templates for "
-                                   "ChatML models only")
-    default_system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", chat_template, re.S)
-    lines = [f"FROM ./{gguf_name}", 'TEMPLATE """{{- if .System }}<|im_start|>system',
-             "{{ .System }}<|im_end|>", "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}",
-             "{{ .Content }}<|im_end|>", "{{ end }}<|im_start|>assistant", '"""']
-    if default_system:
-        lines.append(f'SYSTEM """{default_system.group(1)}"""')
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    return "\n".join(lines) + "\n"

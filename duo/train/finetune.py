@@ -73,6 +73,15 @@ def top_layers(layers, n_layers: int) -> list[int] | None:
     return list(range(n_layers - layers, n_layers))
 
 
+def linear_names(model) -> list[str]:
+    """The decoder layers' linear modules by name (q_proj, ..., down_proj): what "all-linear" means, spelled
+    out, since PEFT takes `layers_to_transform` only with explicit names."""
+    import torch
+
+    layers = model.model.layers
+    return sorted({name.rsplit(".", 1)[-1] for name, m in layers.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
 def micro_batch(p, device: str) -> int:
     """Rows per forward/backward. auto: the whole batch on a GPU (measured 1.44x faster for QLoRA on an
     H200, memory is plentiful), at most 4 rows on a CPU (micro-batch 8 was 25% slower there: bigger
@@ -124,9 +133,10 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     train_levers.score_labelled_positions_only()
     train_levers.return_freed_memory()
 
+    adapted = top_layers(p.lora.layers, model.config.num_hidden_layers)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
-                      target_modules=p.lora.target_modules, task_type="CAUSAL_LM",
-                      layers_to_transform=top_layers(p.lora.layers, model.config.num_hidden_layers))
+                      target_modules=linear_names(model) if adapted and p.lora.target_modules == "all-linear"
+                      else p.lora.target_modules, task_type="CAUSAL_LM", layers_to_transform=adapted)
     work = Path(tempfile.mkdtemp(prefix=".finetune.", dir=out.parent))
     ckpt = checkpoints.Checkpoints.for_run(list(rows) + list(val), params_mod.as_dict(p), base, p.save_steps, log=log)
     early = bool(val) and p.early_stopping_patience > 0
