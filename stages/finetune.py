@@ -21,7 +21,7 @@ def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     p = params.finetune
     rows, n_synth = finetune.load_rows(c.TRAIN, params.cycle)
-    val = records.read_records(c.VAL, records.ROW_FIELDS, unique="id", allow_empty=True) if c.VAL.exists() else []
+    val = c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else []
     if not c.BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{c.BASE} holds no model: run the base stage first (dvc repro base)")
     metrics = finetune.train(rows, p, c.BASE, c.ADAPTER, val=val)

@@ -26,12 +26,11 @@ def main(params_path: str) -> None:
         records.write_json(c.SYNTH_METRICS, {"cycle": cycle, "requests": 0, "kept": 0, "skipped": True})
         progress.summary("synthesize", "cycle 0, nothing to synthesize")
         return
-    train = records.read_records(c.TRAIN, records.ROW_FIELDS, unique="id")
+    train = c.read_rows(c.TRAIN)
     # held out from synthesis: the judge's test split and the validation split defaults are chosen on
-    held_out = records.read_records(c.TEST, records.ROW_FIELDS, unique="id") + (
-        records.read_records(c.VAL, records.ROW_FIELDS, unique="id", allow_empty=True) if c.VAL.exists() else [])
+    held_out = c.read_rows(c.TEST) + (c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else [])
     earlier = [row for path in c.synth_files(1, cycle - 1)
-               for row in records.read_records(path, records.ROW_FIELDS, allow_empty=True)]
+               for row in records.read_records(path, c.ROW_FIELDS, allow_empty=True)]
     target = generate.target_rows(params.synth, cycle)
     with service.from_params(params.service, params.synth.model, journal="synth", cycle=cycle) as svc, \
             progress.bar(target or None, "synthesize", unit="row" if target else "req") as bar:

@@ -63,7 +63,7 @@ def test_write_json_roundtrip(tmp_path):
     records.write_json(tmp_path / "m" / "x.json", {"v": 1.5, "s": "é"})
     assert records.read_json(tmp_path / "m" / "x.json") == {"v": 1.5, "s": "é"}
     assert records.read_json(tmp_path / "missing.json", default={}) == {}
-    assert os.stat(tmp_path / "m" / "x.json").st_mode & 0o777 == 0o666 & ~records._UMASK
+    assert os.stat(tmp_path / "m" / "x.json").st_mode & 0o777 == 0o666 & ~records._umask()
 
 
 def test_loss_curve_is_bounded_and_evenly_spaced():
