@@ -28,7 +28,11 @@ help:
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
-setup: $(STAMP) $(NO_AMX) $(CONVERTER) $(LLAMA_SERVER)
+# llama.cpp runs on the GPU where nvcc and an NVIDIA GPU are both present, on the CPU otherwise
+# (duo/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides).
+FLAVOUR := $(shell $(PYTHON) duo/gpu.py)
+GPU_FLAGS := $(shell $(PYTHON) duo/gpu.py --cmake)
+LLAMA_GPU := $(VENV)/.duo-llama-$(FLAVOUR)
 
 # On AMX CPUs (Xeon 4th gen on) ggml's AMX kernels die with SIGILL on any batched prompt: GCC 12 drops
 # the stores that fill their tile config (objdump: only the palette byte is set before ldtilecfg; llama.cpp
@@ -36,8 +40,11 @@ setup: $(STAMP) $(NO_AMX) $(CONVERTER) $(LLAMA_SERVER)
 # flags win over ggml's -march=native. Other CPUs: no effect.
 ifeq ($(shell uname -m),x86_64)
 AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-LLAMA_BUILD := CMAKE_ARGS='$(CMAKE_ARGS) -DCMAKE_C_FLAGS="$(AMX_OFF)" -DCMAKE_CXX_FLAGS="$(AMX_OFF)"'
+CPU_FLAGS := -DCMAKE_C_FLAGS="$(AMX_OFF)" -DCMAKE_CXX_FLAGS="$(AMX_OFF)"
 endif
+LLAMA_BUILD := CMAKE_ARGS='$(strip $(CMAKE_ARGS) $(GPU_FLAGS) $(CPU_FLAGS))'
+
+setup: $(STAMP) $(NO_AMX) $(LLAMA_GPU) $(CONVERTER) $(LLAMA_SERVER)
 
 # torch first and pinned: the CPU wheel lies on disk, anything looser pulls a multi-GB CUDA build.
 # llama-cpp-python compiles from source the first time (~5 min on 2 cores); pip caches the wheel.
@@ -54,6 +61,16 @@ $(STAMP): pyproject.toml constraints.txt
 $(NO_AMX): $(STAMP)
 	@if $(PY) -c "import sys, llama_cpp; sys.exit('AMX_INT8 = 1' not in llama_cpp.llama_print_system_info().decode())"; then \
 	  echo "rebuilding llama-cpp-python without ggml's AMX kernels (~5 min)"; \
+	  $(PY) -m pip cache remove 'llama_cpp_python*' >/dev/null; \
+	  $(LLAMA_BUILD) $(PY) -m pip install --quiet --force-reinstall --no-deps -c constraints.txt llama-cpp-python; \
+	fi
+	@touch $@
+
+# pip's wheel cache keys on the version, not on CMAKE_ARGS: a wheel of the other flavour (a CPU wheel
+# on a new GPU box) is rebuilt once.
+$(LLAMA_GPU): $(NO_AMX)
+	@if ! $(PY) -c "import sys, llama_cpp; sys.exit(llama_cpp.llama_supports_gpu_offload() != ('$(FLAVOUR)' == 'cuda'))"; then \
+	  echo "rebuilding llama-cpp-python for $(FLAVOUR) (~5 min on 2 cores; longer with CUDA)"; \
 	  $(PY) -m pip cache remove 'llama_cpp_python*' >/dev/null; \
 	  $(LLAMA_BUILD) $(PY) -m pip install --quiet --force-reinstall --no-deps -c constraints.txt llama-cpp-python; \
 	fi

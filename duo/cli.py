@@ -48,7 +48,7 @@ def _load_llm(path: Path, n_ctx: int, threads: int):
     try:
         # The GGUF's own template (the training one), as `make serve` uses it.
         llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, verbose=False, chat_format=local_llm.EMBEDDED,
-                              **local_llm.thread_kwargs(threads))
+                              **local_llm.load_kwargs(threads))
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(f"{path}: llama.cpp cannot load it ({exc})") from None
     if "tokenizer.chat_template" not in llm.metadata:

@@ -6,7 +6,7 @@ single-request Python server lacks: N parallel slots decoded together (continuou
 slot keeping its last prompt's KV cells so requests that share a prefix (the judge rubric) evaluate it
 once per slot, JSON-schema constrained output, `/health`, `/metrics` and `--api-key`.
 
-`make setup` builds it once per llama.cpp commit and flavour (`cpu`, or `cuda` where nvcc is found) into
+`make setup` builds it once per llama.cpp commit and flavour (`cpu`, or `cuda` where nvcc and a GPU are found, duo/gpu.py) into
 a user cache, `$XDG_CACHE_HOME/duo/llama-server/` (like pip's wheel cache: a fresh clone reuses it).
 
 Run: python -m duo.llama_server   (builds if missing, prints the binary's path)
@@ -24,22 +24,12 @@ from pathlib import Path
 
 import click
 
-from duo import llamacpp_tools, local_llm
+from duo import gpu, llamacpp_tools, local_llm, machine
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duo" / "llama-server"
 # GCC 12 miscompiles ggml's AMX kernels (SIGILL on AMX Xeons; see the Makefile): left out on x86, as in
 # the llama-cpp-python build
 AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-
-
-def flavour() -> str:
-    """`cuda` where a CUDA compiler and an NVIDIA GPU are both present, else `cpu` (nvcc alone, as on
-    these CPU machines, would build kernels nothing can run)."""
-    if shutil.which("nvcc") and shutil.which("nvidia-smi"):
-        found = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-        if found.returncode == 0 and "GPU" in found.stdout:
-            return "cuda"
-    return "cpu"
 
 
 def cmake_args(kind: str) -> list[str]:
@@ -50,14 +40,12 @@ def cmake_args(kind: str) -> list[str]:
             "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"]
     if platform.machine() in ("x86_64", "AMD64"):
         args += [f"-DCMAKE_C_FLAGS={AMX_OFF}", f"-DCMAKE_CXX_FLAGS={AMX_OFF}"]
-    if kind == "cuda":
-        args += ["-DGGML_CUDA=ON"]
-    return args
+    return args + gpu.cmake_flags(kind)
 
 
 def _where(kind: str | None = None) -> Path:
     commit = llamacpp_tools.versions()["llama_cpp_commit"] or "unknown"
-    return CACHE / f"{commit[:12]}-{kind or flavour()}" / "llama-server"
+    return CACHE / f"{commit[:12]}-{kind or gpu.flavour()}" / "llama-server"
 
 
 def binary() -> Path:
@@ -69,7 +57,7 @@ def binary() -> Path:
 
 def build(kind: str | None = None, jobs: int | None = None) -> Path:
     """Compile llama-server from the pinned sdist's llama.cpp unless the cache has it (minutes, once)."""
-    kind = kind or flavour()
+    kind = kind or gpu.flavour()
     dest = _where(kind)
     if dest.is_file():
         return dest
@@ -88,7 +76,7 @@ def build(kind: str | None = None, jobs: int | None = None) -> Path:
         with open(log, "w") as out:
             steps = [["cmake", "-S", str(tmp / "src"), "-B", str(tmp / "build"), *cmake_args(kind)],
                      ["cmake", "--build", str(tmp / "build"), "--target", "llama-server",
-                      "-j", str(jobs or local_llm.cores())]]
+                      "-j", str(jobs or machine.cores())]]
             for cmd in steps:
                 if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                     raise click.ClickException(f"building llama-server failed:\n{log.read_text()[-3000:]}")
@@ -108,6 +96,8 @@ def command(model: Path, *, host: str, port: int, n_ctx: int, parallel: int, thr
     cmd = [str(binary()), "--model", str(model), "--host", host, "--port", str(port),
            "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel), "--kv-unified", "--cont-batching",
            "--jinja", "--threads", str(n), "--threads-batch", str(n), "--no-webui"]
+    if gpu.flavour() == "cuda":  # every layer on the GPU, as llama-cpp-python loads do (duo/gpu.py)
+        cmd += ["--n-gpu-layers", "999"]
     if alias:
         cmd += ["--alias", alias]
     if metrics:

@@ -3,7 +3,6 @@ long as a stage needs it."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from duo import machine
+
 LOG_DIR = Path(".duo/logs")
 # llama-cpp-python's name for the Jinja chat template embedded in the GGUF (the training template,
 # checked equal by the export stage). Without it, a template that looks like ChatML may be swapped for
@@ -19,24 +20,19 @@ LOG_DIR = Path(".duo/logs")
 EMBEDDED = "chat_template.default"
 
 
-def cores() -> int:
-    """CPUs this process may run on (a container's cgroup/affinity share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def threads_for(threads: int) -> int:
     """`threads: 0` means all cores. llama-cpp-python's own default generates on half of them (one of
     two here), which decodes ~1.5x slower (make bench); the output is the same (tests)."""
-    return threads or cores()
+    return threads or machine.cores()
 
 
-def thread_kwargs(threads: int) -> dict:
-    """llama_cpp.Llama arguments: the same count for prompt batches and for decoding."""
+def load_kwargs(threads: int, gpu_layers="auto") -> dict:
+    """llama_cpp.Llama arguments: the same thread count for prompt batches and for decoding, and every
+    layer on the GPU where the installed llama.cpp has one (duo/gpu.py)."""
+    from duo import gpu
+
     n = threads_for(threads)
-    return {"n_threads": n, "n_threads_batch": n}
+    return {"n_threads": n, "n_threads_batch": n, "n_gpu_layers": gpu.offload_layers(gpu_layers)}
 
 
 def free_port() -> int:

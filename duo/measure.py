@@ -47,7 +47,7 @@ def measure(params, max_tokens: int = 160) -> dict:
         if failures:
             raise click.ClickException("export checks failed:\n- " + "\n- ".join(failures))
         llm = llama_cpp.Llama(str(tmp / "export" / "student.gguf"), n_ctx=2048, verbose=False, seed=0,
-                              **local_llm.thread_kwargs(0))
+                              **local_llm.load_kwargs(0))
         preds = []
         for row in val:
             reply = llm.create_chat_completion([{"role": "user", "content": row["prompt"]}],

@@ -124,7 +124,7 @@ class Finetune:
     max_length: int = num(1024, 16)
     loss: Literal["completion", "sequence"] = "completion"
     quantization: Literal["auto", "none", "4bit"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     group_by_length: bool = True
     padding_free: bool = False
     gradient_checkpointing: bool = False
@@ -134,6 +134,8 @@ class Finetune:
     save_steps: int = num(10, 0)
     validation_ratio: float = num(0.1, 0.0, 0.9)
     early_stopping_patience: int = num(1, 0)
+    processes: int = num(1, 1, 1024)
+    accelerate_config: Optional[str] = None
     lora: Lora = field(default_factory=Lora)
 
     def check(self):
@@ -141,6 +143,9 @@ class Finetune:
             raise ValueError("micro_batch_size must divide batch_size")
         if self.max_steps == 0:
             raise ValueError("max_steps must be -1 (epochs decide) or >= 1")
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of processes ({self.processes}): "
+                             f"each process takes an equal share of every step")
 
 
 @dataclass
@@ -161,6 +166,7 @@ class Infer:
     n_ctx: int = num(2048, 64)
     threads: int = num(0, 0)
     parallel: int = num(16, 1, 256)  # llama.cpp's LLAMA_MAX_SEQ
+    n_gpu_layers: AutoInt = num("auto", -1)
 
     def check(self):
         if self.max_tokens >= self.n_ctx:

@@ -12,7 +12,7 @@ from duo import entry
 from duo import contracts as c
 from duo import params as params_mod
 from duo import progress, records
-from duo.train import finetune
+from duo.train import distributed, finetune
 
 
 @click.command()
@@ -20,11 +20,16 @@ from duo.train import finetune
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     p = params.finetune
+    if p.processes > 1 and not distributed.launched():  # this main again, once per process
+        distributed.launch("stages.finetune", ["--params", params_path], p.processes, p.accelerate_config, p.threads)
+        return
     rows, n_synth = finetune.load_rows(c.TRAIN, params.cycle)
     val = c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else []
     if not c.BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{c.BASE} holds no model: run the base stage first (dvc repro base)")
     metrics = finetune.train(rows, p, c.BASE, c.ADAPTER, val=val)
+    if not distributed.is_main():
+        return
     metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth}
     records.write_json(c.TRAIN_METRICS, metrics)
     progress.summary("finetune", f"{len(rows)} rows ({n_synth} synthetic), {metrics['steps']} steps, loss "

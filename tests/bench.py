@@ -196,9 +196,9 @@ def _workspace(cycle_ran: bool, need_model: bool) -> Path:
 
 def machine() -> dict:
     """What the figures depend on: they are comparable only between runs on the same kind of machine."""
-    from duo import local_llm
+    from duo import machine
 
-    info = {"cores": local_llm.cores(), "cpu": None, "bf16_hardware": False}
+    info = {"cores": machine.cores(), "cpu": None, "bf16_hardware": False}
     try:
         text = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next((line.split(":", 1)[1].strip() for line in text.splitlines()

@@ -16,7 +16,7 @@ PROMPTS = ["Name one colour of the sky.", "Write a short poem about rain in the 
 def llm():
     from llama_cpp import Llama
 
-    return Llama(str(models.bundled_gguf()), n_ctx=1024, verbose=False, seed=42, **local_llm.thread_kwargs(0))
+    return Llama(str(models.bundled_gguf()), n_ctx=1024, verbose=False, seed=42, **local_llm.load_kwargs(0))
 
 
 def _tokens(llm, prompt):

@@ -12,7 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from duo import llama_server, local_llm, models, serve
+from duo import llama_server, local_llm, machine, models, serve
 
 pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
 
@@ -112,13 +112,13 @@ def test_all_cores_by_default_and_the_same_text_as_one_thread(gguf):
     sampled text at a fixed seed does not depend on the thread count, so the speed-up changes no result."""
     import llama_cpp
 
-    assert local_llm.threads_for(0) == local_llm.cores() and local_llm.threads_for(3) == 3
+    assert local_llm.threads_for(0) == machine.cores() and local_llm.threads_for(3) == 3
     cmd = llama_server.command(gguf, host="127.0.0.1", port=1, n_ctx=512, parallel=1)
-    assert cmd[cmd.index("--threads") + 1] == cmd[cmd.index("--threads-batch") + 1] == str(local_llm.cores())
+    assert cmd[cmd.index("--threads") + 1] == cmd[cmd.index("--threads-batch") + 1] == str(machine.cores())
     texts = []
     for threads in (1, local_llm.threads_for(0)):
         llm = llama_cpp.Llama(str(gguf), n_ctx=512, verbose=False, chat_format=local_llm.EMBEDDED,
-                              **local_llm.thread_kwargs(threads))
+                              **local_llm.load_kwargs(threads))
         texts.append([llm.create_chat_completion([{"role": "user", "content": q}], max_tokens=40, temperature=0.7,
                                                  top_p=0.9, seed=7)["choices"][0]["message"]["content"]
                       for q in ("Name one colour of the sky.", "Summarize: the cat sat on the mat all day.")])

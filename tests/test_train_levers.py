@@ -118,7 +118,7 @@ def test_micro_batches_sum_to_the_full_batch_step():
 
 def test_micro_batch_auto_is_the_whole_batch_on_a_gpu_and_at_most_4_rows_on_a_cpu():
     from duo.params import Finetune
-    from stages.finetune import micro_batch
+    from duo.train.finetune import micro_batch
 
     assert micro_batch(Finetune(batch_size=8), "cuda") == 8
     assert micro_batch(Finetune(batch_size=8), "cpu") == 4
@@ -138,7 +138,7 @@ def test_micro_batch_must_divide_batch():
 
 
 def test_padding_free_only_without_truncation():
-    from duo.train_levers import use_padding_free
+    from duo.train.levers import use_padding_free
 
     assert use_padding_free(True, [10, 20], 20)
     assert not use_padding_free(True, [10, 21], 20)

@@ -4,6 +4,8 @@ GGUF is the trained model before anything is installed (gguf.py converts, checks
 - llama.cpp and the HF tokenizer give the same ids on a fixed set of strings;
 - greedy decoding from the f16 GGUF matches the merged PyTorch model (first 16 of 32 tokens at least);
 - perplexity of the test references, f16 vs the shipped quantization;
+- an adapter trained on 4-bit weights (QLoRA): perplexity and argmax agreement, 4-bit base + adapter vs
+  the merged model;
 - with export.lora_only, the adapter alone as a GGUF LoRA, applied to the base's f16 GGUF, decodes
   like the merged file.
 """
@@ -89,10 +91,14 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
                         f"GGUF {greedy['gguf_text']!r} vs PyTorch {greedy['pytorch_text']!r}")
 
     # 4. What quantization costs, in perplexity of the test references.
-    perplexity = None
+    perplexity = qlora = None
     if p.ppl_tokens:
         rows = c.read_rows(references)
         sequences = checks.ppl_sequences(rows, tokenizer, p.ppl_tokens, max_len=512)
+        # 4b. An adapter trained on 4-bit weights, folded into the full-precision base
+        if (records.read_json(adapter / "duo_params.json") or {}).get("quantized_4bit"):
+            log("export: measuring the QLoRA merge (4-bit base + adapter vs merged)")
+            qlora, seconds["qlora_merge"] = checks.timed(checks.qlora_merge, base, adapter, model, sequences)
         ref_ppl, seconds[f"ppl_{base_type}"] = checks.timed(checks.perplexity, ref_llm, sequences)
         perplexity = {base_type: ref_ppl["ppl"], "tokens": ref_ppl["tokens"], "rows": ref_ppl["rows"]}
         if quant != base_type:
@@ -125,7 +131,7 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
         "quant": quant, "end_tokens": end_tokens, "size_mb": _mb(final), "sizes_mb": {base_type: _mb(reference), quant: _mb(final)},
         **{k: v for k, v in meta.items() if k != "chat_template"},
         "chat_template_matches": template_ok, "special_tokens_match": special_ok,
-        **parity, "greedy": greedy, "perplexity": perplexity, "lora": lora, "probe_reply": reply,
+        **parity, "greedy": greedy, "perplexity": perplexity, "qlora_merge": qlora, "lora": lora, "probe_reply": reply,
         "llama_cpp": llamacpp_tools.versions(),
         "check_seconds": seconds, "seconds": round(time.monotonic() - start, 1),
     }

@@ -44,7 +44,10 @@ def load(path: Path, n_ctx: int = 1024, lora: Path | None = None, threads: int =
     with logits_all; perplexity needs them all anyway)."""
     import llama_cpp
 
+    from duo import gpu
+
     kwargs = {"lora_path": str(lora)} if lora else {}
+    kwargs["n_gpu_layers"] = gpu.offload_layers()
     if threads:  # else llama-cpp-python's default, half the cores: spinning threads on busy cores cost more
         kwargs |= {"n_threads": threads, "n_threads_batch": threads}
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, logits_all=True, verbose=False, seed=0,
@@ -174,6 +177,45 @@ def perplexity(llm, sequences: list[tuple[list[int], int]]) -> dict:
     if not count:
         raise click.ClickException("perplexity check: no test row fits the context window")
     return {"ppl": round(math.exp(nll / count), 4), "tokens": count, "rows": len(sequences)}
+
+
+def hf_scores(model, sequences: list[tuple[list[int], int]]):
+    """(summed NLL, scored tokens, argmax per scored position) of the response tokens, from PyTorch."""
+    import torch
+
+    nll, count, argmax = 0.0, 0, []
+    with torch.no_grad():
+        for ids, start in sequences:
+            logits = model(torch.tensor([ids], device=model.device)).logits[0, start - 1:len(ids) - 1].float()
+            target = torch.tensor(ids[start:], device=logits.device)
+            nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            count += len(ids) - start
+            argmax += logits.argmax(-1).tolist()
+    return nll, count, argmax
+
+
+def qlora_merge(base: Path, adapter: Path, merged, sequences: list[tuple[list[int], int]]) -> dict:
+    """What folding an adapter trained on NF4 weights into the full-precision base changes: the adapter
+    learnt to correct the 4-bit rounding of the weights it sat on, which the merged model no longer has.
+    Perplexity of the response tokens and teacher-forced argmax agreement, 4-bit base + adapter vs merged."""
+    import math
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    quantized = AutoModelForCausalLM.from_pretrained(base, dtype=compute, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute),
+        **({"device_map": {"": 0}} if torch.cuda.is_available() else {}))
+    trained = PeftModel.from_pretrained(quantized, adapter).eval()
+    nll_q, count, argmax_q = hf_scores(trained, sequences)
+    del trained, quantized
+    nll_m, _, argmax_m = hf_scores(merged.eval(), sequences)
+    agree = sum(a == b for a, b in zip(argmax_q, argmax_m))
+    return {"tokens": count, "ppl_4bit_adapter": round(math.exp(nll_q / max(count, 1)), 4),
+            "ppl_merged": round(math.exp(nll_m / max(count, 1)), 4),
+            "argmax_agreement": round(agree / max(count, 1), 4)}
 
 
 def timed(fn, *args, **kwargs):

@@ -41,8 +41,32 @@ PHI3 = Family("phi3", "<|user|>", "<|end|>", (
 FAMILIES = (LLAMA3, GEMMA, PHI3, CHATML, MISTRAL)  # most specific marker first
 
 
+def render(chat_template: str) -> str:
+    """The template rendered for a system and a user turn with the generation prompt: templates build
+    their markers from pieces ('<|' + role + '|>'), so the markers are looked for in what they render."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    try:
+        return env.from_string(chat_template).render(messages=messages, add_generation_prompt=True,
+                                                     bos_token="", eos_token="")
+    except TemplateError:  # a template that refuses a system turn
+        try:
+            return env.from_string(chat_template).render(messages=messages[1:], add_generation_prompt=True,
+                                                         bos_token="", eos_token="")
+        except TemplateError:
+            return ""
+
+
 def detect(chat_template: str) -> Family | None:
-    return next((f for f in FAMILIES if f.marker in chat_template), None)
+    text = render(chat_template) + chat_template
+    return next((f for f in FAMILIES if f.marker in text), None)
 
 
 def default_system(chat_template: str, family: Family) -> str | None:

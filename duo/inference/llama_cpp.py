@@ -16,7 +16,7 @@ class LlamaCppBackend:
         self.p = p
         self.truncated: set[int] = set()  # hashes of prompts cut to fit (each counted once, not K times)
         self.llm = llama_cpp.Llama(str(path), n_ctx=p.n_ctx, verbose=False, seed=p.seed,
-                                   **local_llm.thread_kwargs(p.threads))
+                                   **local_llm.load_kwargs(p.threads, p.n_gpu_layers))
 
     def fit(self, prompt: str) -> str:
         """Policy for a prompt longer than the context: keep its head and tail, cut the middle, so

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -121,24 +120,35 @@ class Checkpoints:
         original_save = trainer._save_checkpoint
 
         def atomic_save(model, trial=None, **kwargs):
+            # Under DDP every process calls this (each saves its own RNG state): all write into one
+            # staging folder, the main process seals and renames it once all are done.
             step = trainer.state.global_step
-            self.dir.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.dir))
+            acc = trainer.accelerator
+            staging = self.dir / f".staging-{step}"
+            if acc.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+            acc.wait_for_everyone()
             trainer._get_output_dir = lambda trial=None: str(staging)
             try:
                 original_save(model, trial, **kwargs)
+                acc.wait_for_everyone()
                 built = staging / f"checkpoint-{step}"
                 self._point_best_here(trainer, built)
-                seal(built, step)
-                final = self.dir / built.name
-                if final.exists():
-                    shutil.rmtree(final)
-                os.rename(built, final)
-                _fsync_dir(self.dir)
+                if acc.is_main_process:
+                    seal(built, step)
+                    final = self.dir / built.name
+                    if final.exists():
+                        shutil.rmtree(final)
+                    os.rename(built, final)
+                    _fsync_dir(self.dir)
+                acc.wait_for_everyone()
             finally:
                 del trainer._get_output_dir  # back to the class's method
-                shutil.rmtree(staging, ignore_errors=True)
-            self._rotate(trainer.state.best_global_step)
+                if acc.is_main_process:
+                    shutil.rmtree(staging, ignore_errors=True)
+            if acc.is_main_process:
+                self._rotate(trainer.state.best_global_step)
 
         trainer._save_checkpoint = atomic_save
 
@@ -150,7 +160,7 @@ class Checkpoints:
             return
         trainer.state.best_model_checkpoint = str(self.dir / f"checkpoint-{best}")
         state = built / "trainer_state.json"
-        if state.exists():
+        if trainer.accelerator.is_main_process and state.exists():
             trainer.state.save_to_json(str(state))
 
     def _rotate(self, best: int | None = None) -> None:

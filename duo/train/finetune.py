@@ -3,6 +3,7 @@ conversations with the base model's chat template (loss on the completion by def
 duo/train/levers.py, crash-safe checkpoints, early stopping on the validation rows."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -14,7 +15,7 @@ from duo import contracts
 from duo import params as params_mod
 from duo import progress
 from duo import records
-from duo.train import checkpoints, frozen_layers
+from duo.train import checkpoints, distributed, frozen_layers
 from duo.train import levers as train_levers
 
 FIELDS = contracts.ROW_FIELDS
@@ -82,16 +83,35 @@ def linear_names(model) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in layers.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
-def micro_batch(p, device: str) -> int:
-    """Rows per forward/backward. auto: the whole batch on a GPU (measured 1.44x faster for QLoRA on an
-    H200, memory is plentiful), at most 4 rows on a CPU (micro-batch 8 was 25% slower there: bigger
-    activations fall out of cache)."""
+def micro_batch(p, device: str, processes: int = 1) -> int:
+    """Rows per forward/backward in each process. auto: the process's whole share of the batch on a GPU
+    (measured 1.44x faster for QLoRA on an H200, memory is plentiful), at most 4 rows on a CPU
+    (micro-batch 8 was 25% slower there: bigger activations fall out of cache)."""
+    share = p.batch_size // processes
     size = p.micro_batch_size
     if size == "auto":
-        size = p.batch_size if device == "cuda" else 4
-        while p.batch_size % size:  # a batch_size that 4 does not divide
-            size -= 1
-    return min(size, p.batch_size)
+        size = share if device == "cuda" else 4
+    size = min(size, share)
+    while share % size:  # a share that 4 (or the given size) does not divide
+        size -= 1
+    return size
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """The log of a worker other than the first: one voice per run."""
+
+
+def _publish(model, tokenizer, resolved: dict, out: Path) -> None:
+    """The adapter, its tokenizer, chat template and resolved params, swapped into `out` whole."""
+    work = Path(tempfile.mkdtemp(prefix=".finetune.", dir=out.parent))
+    try:
+        model.save_pretrained(work / "adapter")
+        tokenizer.save_pretrained(work / "adapter")
+        (work / "adapter" / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+        records.write_json(work / "adapter" / "duo_params.json", resolved)
+        records.replace_dir(work / "adapter", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), log=click.echo) -> dict:
@@ -108,9 +128,15 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
 
     if p.threads:
         torch.set_num_threads(p.threads)
+    world = distributed.world_size()
+    if not distributed.is_main():
+        log = _quiet
     device, quant = _device_and_quant(p)
+    if p.precision == "fp16" and device != "cuda":
+        raise click.ClickException("params.yaml: finetune.precision: fp16 autocast needs a CUDA GPU (it is for GPUs "
+                                   "without bf16, such as T4 and V100); use auto or fp32 on a CPU")
     r, alpha = lora_size(len(rows), p.lora.r, p.lora.alpha)
-    micro = micro_batch(p, device)
+    micro = micro_batch(p, device, world)
     bf16 = p.precision == "bf16" or (p.precision == "auto" and _bf16_fast(device))
     tokenizer = AutoTokenizer.from_pretrained(base)
     model_kwargs = {"dtype": torch.float32}
@@ -120,7 +146,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)}
         if device == "cuda":
-            model_kwargs["device_map"] = {"": 0}
+            model_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
 
     # Count what the model will see, with the same template TRL applies, before training.
@@ -137,7 +163,6 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
                       target_modules=linear_names(model) if adapted and p.lora.target_modules == "all-linear"
                       else p.lora.target_modules, task_type="CAUSAL_LM", layers_to_transform=adapted)
-    work = Path(tempfile.mkdtemp(prefix=".finetune.", dir=out.parent))
     ckpt = checkpoints.Checkpoints.for_run(list(rows) + list(val), params_mod.as_dict(p), base, p.save_steps, log=log)
     early = bool(val) and p.early_stopping_patience > 0
     evaluation = {}
@@ -156,10 +181,12 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         learning_rate=p.lr,
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
-        # micro-batches of micro_batch_size rows accumulate to batch_size rows per step; the loss is
-        # normalised by the step's labelled tokens (num_items_in_batch), so the step is the same
+        # micro-batches of micro_batch_size rows in each of `world` processes accumulate to batch_size
+        # rows per step; the loss is normalised by the step's labelled tokens over all processes
+        # (num_items_in_batch), so the step is the same whatever the split
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=p.grad_accum * (p.batch_size // micro),
+        gradient_accumulation_steps=p.grad_accum * (p.batch_size // world // micro),
+        ddp_find_unused_parameters=False if world > 1 else None,
         # padding-free cannot truncate (TRL); it is on only when no row needs it
         max_length=None if padding_free else p.max_length,
         padding_free=padding_free,
@@ -171,6 +198,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         data_seed=p.seed,
         use_cpu=device == "cpu",
         bf16=bf16,
+        fp16=p.precision == "fp16",
         dataloader_num_workers=0,
         # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and recomputing
         # activations costs ~30% of the step. TRL's flag is a deprecated alias in transformers (a warning
@@ -183,13 +211,17 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
                          peft_config=lora, eval_dataset=Dataset.from_list(to_conversations(val)) if val else None,
                          callbacks=[EarlyStoppingCallback(p.early_stopping_patience)] if early else None)
     trainer.remove_callback(PrinterCallback)  # a dict per step is noise in a log; the curve is in train.json
-    log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {'4-bit QLoRA' if quant else 'bf16 autocast' if bf16 else 'fp32'} on "
-        f"{device}, loss on {'response only' if p.loss == 'completion' else 'whole sequence'}")
+    mode = "4-bit QLoRA" if quant else "bf16 autocast" if bf16 else "fp16 autocast" if p.precision == "fp16" else "fp32"
+    log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {mode} on {device}"
+        f"{f' x {world} processes' if world > 1 else ''}, loss on "
+        f"{'response only' if p.loss == 'completion' else 'whole sequence'}")
     ckpt.attach(trainer)
     train_levers.cheap_dropout_masks(trainer.model)
     train_levers.trim_heap_each_forward(trainer.model)
     cache = None
-    if p.frozen_cache_mb and not p.gradient_checkpointing:
+    if p.frozen_cache_mb and not p.gradient_checkpointing and p.lora.layers != "all" and world > 1:
+        log("finetune: the frozen-layer cache is off with more than one process (each would hold its own copy)")
+    elif p.frozen_cache_mb and not p.gradient_checkpointing:
         cache = frozen_layers.install(trainer.model, p.lora.layers, p.frozen_cache_mb * 2**20)
     start = time.monotonic()
     resume = ckpt.latest()
@@ -201,18 +233,11 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
             cache.remove()
     seconds = time.monotonic() - start
 
-    try:
-        trainer.model.save_pretrained(work / "adapter")
-        tokenizer.save_pretrained(work / "adapter")
-        (work / "adapter" / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
-        resolved = params_mod.as_dict(p) | {"lora_r": r, "lora_alpha": alpha, "device": device,
+    if distributed.is_main():
+        resolved = params_mod.as_dict(p) | {"lora_r": r, "lora_alpha": alpha, "device": device, "processes": world,
                                             "quantized_4bit": quant, "rows": len(rows), "micro_batch_size": micro}
-        records.write_json(work / "adapter" / "duo_params.json", resolved)
-        records.replace_dir(work / "adapter", out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    ckpt.clean()
+        _publish(trainer.model, tokenizer, resolved, out)
+        ckpt.clean()
     history = [h for h in trainer.state.log_history if "loss" in h]
     evals = [{"step": h["step"], "loss": round(h["eval_loss"], 4)} for h in trainer.state.log_history
              if "eval_loss" in h]
@@ -241,7 +266,8 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         "device": device,
         "quantized_4bit": quant,
         "micro_batch_size": micro,
-        "precision": "bf16" if bf16 else "fp32",
+        "processes": world,
+        "precision": "bf16" if bf16 else "fp16" if p.precision == "fp16" else "fp32",
         "padding_free": padding_free,
         "lora_layers": p.lora.layers,
         "frozen_cache": cache_stats,

@@ -1,0 +1,72 @@
+"""finetune.processes: 2 data-parallel processes (accelerate launch, gloo on CPU) train the tiny model to
+the loss curve of 1 process: the global batch stays batch_size, each process takes half of every step.
+Checkpoints are sealed once per step by the main process, validation runs, one adapter is published."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests import tiny_model
+from tests.conftest import ROOT
+from tests.test_resume import TINY, make_project
+
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
+# Per-step losses agree to float32 reduction order (a batch of 4 rows vs two of 2 summed over gloo)
+RTOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return tiny_model.build(tmp_path_factory.mktemp("tiny") / "base")
+
+
+def run(root, processes: int) -> tuple[subprocess.CompletedProcess, dict]:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    # dropout off and a fixed row order: what each step sees must not depend on the process count
+    params["finetune"].update(TINY | {"processes": processes, "batch_size": 4, "max_steps": 4, "save_steps": 2,
+                                      "group_by_length": False, "early_stopping_patience": 0})
+    params["finetune"]["lora"]["dropout"] = 0.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    val = [{"id": f"v{i}", "task": "qa", "prompt": f"What is {i} times two?", "response": f"{2 * i}."} for i in range(4)]
+    (root / "data" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "stages.finetune"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc, json.loads((root / "metrics" / "train.json").read_text())
+
+
+def test_two_processes_train_the_curve_of_one(tiny_base, tmp_path):
+    _, one = run(make_project(tmp_path / "one", tiny_base), 1)
+    proc, two = run(make_project(tmp_path / "two", tiny_base), 2)
+
+    assert one["processes"] == 1 and two["processes"] == 2 and two["steps"] == one["steps"] == 4
+    assert "2 processes under accelerate launch (DDP, CPU (gloo))" in proc.stdout
+    assert proc.stdout.count("finetune: 12 rows, LoRA") == 1, "one voice: only the main process logs"
+    assert [e["step"] for e in two["loss_curve"]] == [e["step"] for e in one["loss_curve"]]
+    for a, b in zip(one["loss_curve"], two["loss_curve"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL), (one["loss_curve"], two["loss_curve"])
+    for a, b in zip(one["validation_curve"], two["validation_curve"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL), (one["validation_curve"], two["validation_curve"])
+    adapter = tmp_path / "two" / "models" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "duo_params.json").read_text())["processes"] == 2
+    assert not (tmp_path / "two" / ".duo" / "checkpoints").exists() or not any(
+        (tmp_path / "two" / ".duo" / "checkpoints").iterdir()), "checkpoints cleaned after publishing"
+
+
+def test_batch_that_processes_cannot_share_is_refused(tmp_path):
+    from duo import params as params_mod
+
+    path = tmp_path / "params.yaml"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["finetune"].update({"processes": 3, "batch_size": 8})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(params_mod.ParamsError, match=r"finetune.*multiple of processes \(3\)"):
+        params_mod.load(path)
