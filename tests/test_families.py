@@ -53,6 +53,7 @@ MESSAGES = [[{"role": "user", "content": "What is two plus two?"}],
 
 def build(family: str, out: Path) -> Path:
     import torch
+    from tokenizers import pre_tokenizers
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
 
     from duo import models
@@ -60,6 +61,11 @@ def build(family: str, out: Path) -> Path:
     arch, template, specials, bos, eos = CASES[family]
     gguf = models.bundled_gguf("smollm2")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF's tokenizer comes back without SmolLM's digit split; with it, the converter's BPE path
+    # (qwen2) recognises the pre-tokenizer as "smollm", as llama.cpp's own tokenizer does
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
     tok.add_special_tokens({"additional_special_tokens": specials})
     tok.bos_token, tok.eos_token, tok.pad_token = bos, eos, eos
     tok.chat_template = template
