@@ -1,7 +1,8 @@
 """Every common chat-template family end to end: a tiny random-weight model of the family's architecture
-where llama.cpp's converter builds it offline (llama, qwen2, mistral; Gemma and Phi-3 convert from a
-SentencePiece model, so their template and special tokens ride on a llama architecture), with the
-bundled tokenizer plus the family's special tokens and chat template; trained a few steps, exported with
+where llama.cpp's converter builds it offline from the bundled SmolLM2 tokenizer (llama, mistral; Gemma
+and Phi-3 convert from a SentencePiece model and Qwen2 needs Qwen's own vocabulary, so their templates
+and special tokens ride on a llama architecture; a qwen2 model with a foreign vocabulary is refused by
+name, last test), with the bundled tokenizer plus the family's special tokens and chat template; trained a few steps, exported with
 every check, read back, served by llama-server: the served prompt equals transformers' rendering token
 for token, and the Modelfile is the family's."""
 from __future__ import annotations
@@ -40,7 +41,7 @@ PHI3 = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + messa
 
 # family: (architecture, template, special tokens, bos, eos)
 CASES = {
-    "chatml": ("qwen2", CHATML, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>"),
+    "chatml": ("llama", CHATML, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>"),
     "llama3": ("llama", LLAMA3, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                "<|begin_of_text|>", "<|eot_id|>"),
     "gemma": ("llama", GEMMA, ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<end_of_turn>"),
@@ -51,21 +52,16 @@ MESSAGES = [[{"role": "user", "content": "What is two plus two?"}],
             [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour."}]]
 
 
-def build(family: str, out: Path) -> Path:
+def build(family: str, out: Path, arch: str | None = None) -> Path:
     import torch
-    from tokenizers import pre_tokenizers
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
 
     from duo import models
 
-    arch, template, specials, bos, eos = CASES[family]
+    default_arch, template, specials, bos, eos = CASES[family]
+    arch = arch or default_arch
     gguf = models.bundled_gguf("smollm2")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF's tokenizer comes back without SmolLM's digit split; with it, the converter's BPE path
-    # (qwen2) recognises the pre-tokenizer as "smollm", as llama.cpp's own tokenizer does
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
     tok.add_special_tokens({"additional_special_tokens": specials})
     tok.bos_token, tok.eos_token, tok.pad_token = bos, eos, eos
     tok.chat_template = template
@@ -151,3 +147,17 @@ def test_family_end_to_end(family, tmp_path, monkeypatch):
 def test_unknown_family_gets_a_modelfile_without_template_and_a_warning():
     text, warning = families.modelfile("student.gguf", "{{ messages[0]['content'] }}", ["</s>"])
     assert "TEMPLATE" not in text and 'PARAMETER stop "</s>"' in text and "no TEMPLATE" in warning
+
+
+def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tmp_path):
+    """transformers gives a qwen2 model Qwen's own pre-tokenizer whatever tokenizer.json says; with
+    SmolLM's vocabulary that pairing is unknown to llama.cpp (it knows Qwen's with Qwen's 151k
+    vocabulary, which cannot be had offline), so the export refuses it by name instead of shipping a
+    GGUF that splits text differently from training."""
+    import click
+
+    from duo.export import gguf as gguf_mod
+
+    base = build("chatml", tmp_path / "base", arch="qwen2")
+    with pytest.raises(click.ClickException, match=r"Qwen2ForCausalLM\): its tokenizer's pre-tokenizer is unknown"):
+        gguf_mod.convert(base, tmp_path / "out.gguf", "f16", "tiny qwen2")
