@@ -5,10 +5,10 @@ box has paid for itself.
 Model (every input is a `report.*` param or a measured figure):
 - service per month = (daily_tokens_in x input price + daily_tokens_out x output price) x days/month;
 - boxes = ceil(daily_tokens_out / (measured tokens/s x 86,400)): the local box must *generate* the
-  day's responses; the measured rate (metrics/infer.json, prompts included) already pays for reading
-  the prompts of test-set length. It is the rate with `infer.parallel` sequences decoded together,
-  what a batching server reaches; `make serve` answers one request at a time (the rate of
-  `infer.parallel: 1`). At least one box;
+  day's responses. The rate is what `make serve` sustains with 8 concurrent clients, measured by
+  `make bench SECTION=serve` (serve.tokens_per_s_8 in metrics/bench.json, prompts included); where that
+  was never measured, the infer stage's batched rate (metrics/infer.json), which a server answering
+  separate requests may not reach, and the report says which. At least one box;
 - local per month = boxes x hardware_watts x 24 h x usd_per_kwh x days/month (always on);
 - upfront = boxes x hardware_usd + what the migration has cost in service calls so far;
 - months = upfront / (service per month - local per month); "never" when that saving is <= 0.
@@ -40,13 +40,26 @@ def token_prices(model: str | None) -> tuple[float, float] | None:
     return float(p_in), float(p_out)
 
 
+SERVE_RATE = "serve.tokens_per_s_8"
+
+
+def local_rate(bench: dict | None, infer: dict | None) -> tuple[float | None, str]:
+    """(tokens/s, where it came from): the measured serve rate, else the infer stage's batched rate."""
+    if (bench or {}).get(SERVE_RATE):
+        return bench[SERVE_RATE], f"make serve, 8 concurrent clients (metrics/bench.json {SERVE_RATE})"
+    if (infer or {}).get("tokens_per_s"):
+        return infer["tokens_per_s"], ("the infer stage's batched rate (metrics/infer.json); the serve rate "
+                                       "was never measured: make bench SECTION=serve")
+    return None, "not measured"
+
+
 def compute(p, prices: tuple[float, float] | None, tokens_per_s: float | None,
-            migration_usd: float | None = None, price_model: str | None = None) -> dict:
+            migration_usd: float | None = None, price_model: str | None = None, rate_source: str = "") -> dict:
     """Every figure of the break-even; `p` is the `report` params section."""
     out: dict = {"price_model": price_model, "daily_tokens_in": p.daily_tokens_in,
                  "daily_tokens_out": p.daily_tokens_out, "hardware_usd": p.hardware_usd,
                  "hardware_watts": p.hardware_watts, "usd_per_kwh": p.usd_per_kwh,
-                 "tokens_per_s": tokens_per_s, "migration_usd": migration_usd,
+                 "tokens_per_s": tokens_per_s, "tokens_per_s_source": rate_source, "migration_usd": migration_usd,
                  "price_in_per_mtok": None, "price_out_per_mtok": None}
     if tokens_per_s and tokens_per_s > 0:
         busy_days = p.daily_tokens_out / (tokens_per_s * SECONDS_PER_DAY)

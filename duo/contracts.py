@@ -27,6 +27,7 @@ DIST = Path("dist")  # the deliverable, once the gate passes
 SYNTH_METRICS = Path("metrics/synth.json")
 TRAIN_METRICS = Path("metrics/train.json")
 EXPORT_METRICS = Path("metrics/export.json")
+BENCH = Path("metrics/bench.json")  # make bench; the report reads the measured serve rate from it
 INFER_METRICS = Path("metrics/infer.json")
 EVAL_METRICS = Path("metrics/eval.json")
 VERDICT = Path("metrics/cycle.json")

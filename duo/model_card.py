@@ -157,6 +157,8 @@ def render(f: dict) -> str:
     greedy = ex.get("greedy") or {}
     lines += ["", "## Export", f"- quantization: {_v(ex.get('quant'))} ({_v(ex.get('size_mb'))} MB), "
               f"architecture `{_v(ex.get('architecture'))}`",
+              f"- GGUF header: name `{_v(ex.get('name'))}`, version `{_v(ex.get('version'))}`, licence "
+              f"`{_v(ex.get('license'))}`; {_v(ex.get('description'))}",
               f"- llama.cpp: llama-cpp-python {_v(lc.get('llama_cpp_python'))}, llama.cpp commit "
               f"{_v(lc.get('llama_cpp_commit'))}"]
     if ppl:

@@ -160,9 +160,9 @@ def build(root: Path, params, now: dt.datetime | None = None, exps: list[dict] |
     best, worst = best_and_worst(rows, gate_score, params.report.examples)
     cost = cost_so_far(cycles)
     price_model = params.report.price_model or params.service.model
-    infer = current.get("infer") or {}
-    be = breakeven.compute(params.report, breakeven.token_prices(price_model), infer.get("tokens_per_s"),
-                           cost["known_usd"], price_model)
+    rate, rate_source = breakeven.local_rate(_read(root, str(contracts.BENCH)), current.get("infer"))
+    be = breakeven.compute(params.report, breakeven.token_prices(price_model), rate, cost["known_usd"], price_model,
+                           rate_source)
     return {
         "project": root.resolve().name, "cycle": params.cycle,
         "generated": (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),

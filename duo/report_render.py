@@ -182,7 +182,7 @@ def breakeven_rows(b: dict) -> list[tuple[str, str, str]]:
     months = {"never": "never", "no price known": "unknown (no price)"}.get(b["verdict"]) or f"{b['months']:,.1f}"
     return [("prices used", "price_model", f"{b['price_model']}: {price} (litellm's bundled price table)"),
             ("daily traffic", "daily_tokens", f"{b['daily_tokens_in']:,} tokens in, {b['daily_tokens_out']:,} out"),
-            ("measured local throughput", "tokens_per_s", f"{num(b['tokens_per_s'])} tokens/s (metrics/infer.json)"),
+            ("measured local throughput", "tokens_per_s", f"{num(b['tokens_per_s'])} tokens/s ({b.get('tokens_per_s_source') or 'metrics/infer.json'})"),
             ("can the local box carry it?", "boxes", busy),
             ("service cost per month", "service_usd_per_month", usd(b["service_usd_per_month"])),
             ("local running cost per month", "local_usd_per_month",

@@ -59,7 +59,8 @@ def _metrics_lines(m: dict) -> list[str]:
         lines.append(f"finetune    cycle {train.get('cycle')}: {train.get('rows')} rows, {train.get('steps')} steps, "
                      f"loss {train.get('train_loss')}, {train.get('train_seconds')} s")
     if export := m.get("export"):
-        lines.append(f"export      {export.get('quant')}, {export.get('size_mb')} MB")
+        lines.append(f"export      {export.get('quant')}, {export.get('size_mb')} MB, {export.get('name')} "
+                     f"{export.get('version')} (licence {export.get('license')})")
     if infer := m.get("infer"):
         lines.append(f"infer       cycle {infer.get('cycle')}: {infer.get('responses')} responses, "
                      f"{infer.get('tokens_per_s')} tokens/s")

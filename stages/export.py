@@ -17,7 +17,7 @@ from duo import contracts as c
 from duo import export, model_card
 from duo import params as params_mod
 from duo import progress, records
-from duo.export import gguf
+from duo.export import gguf, release
 
 
 @click.command()
@@ -33,7 +33,8 @@ def main(params_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix=".export.", dir=c.GGUF.parent) as tmp, \
             progress.Steps("export", ["merge", "convert", "quantize", "checks", "lora"]) as step:
         metrics, failures = export.build(p, export.model_label(), Path(tmp),
-                                         log=lambda msg: step(msg.removeprefix("export: ")))
+                                         log=lambda msg: step(msg.removeprefix("export: ")),
+                                         metadata=release.metadata(params.cycle, c.BASE, c.ADAPTER))
         if failures:
             records.write_json(c.EXPORT_METRICS, metrics | {"failures": failures})
             raise click.ClickException("export checks failed; the new GGUF was not installed (numbers in "

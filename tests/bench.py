@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from duo import records, service
+from duo import contracts, records, service
 from duo.params import Judge
 from duo.evaluation import judging as evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "metrics" / "bench.json"
+OUT = ROOT / contracts.BENCH
 LAST_CYCLE = ROOT / ".bench" / "last_cycle.json"  # the last cycle section's finetune and infer metrics
 
 

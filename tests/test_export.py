@@ -90,6 +90,14 @@ def test_gguf_reads_back_with_the_training_template_and_special_tokens(workdir, 
     assert meta["chat_template"] == template and exported["chat_template_matches"]
     assert (meta["bos_token_id"], meta["eos_token_id"]) == (1, 2) and exported["special_tokens_match"]
     assert exported["file_type"] == gguf.quant_types()["q4_k_m"]
+    # where the file came from, in its own header: base, licence, cycle, the finetune params' hash
+    resolved = workdir / "models" / "adapter" / "duo_params.json"
+    params_hash = records.file_sha256(resolved)[:12] if resolved.exists() else "unknown"
+    assert meta["name"] == exported["name"] == "duo student of bundled:smollm2"
+    assert meta["base_model"] == "bundled:smollm2" and meta["license"] == "apache-2.0"
+    assert meta["version"] == "cycle-1" and f"finetune params sha256 {params_hash}" in meta["description"]
+    card = (workdir / "models" / "MODEL_CARD.md").read_text()
+    assert "GGUF header: name `duo student of bundled:smollm2`, version `cycle-1`" in card
 
 
 def test_llama_cpp_and_hf_tokenize_the_fixed_strings_identically(exported):

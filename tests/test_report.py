@@ -255,6 +255,15 @@ def test_breakeven_known_numbers():
     assert "report.price_model" in breakeven.sentence(unpriced)
 
 
+def test_breakeven_uses_the_measured_serve_rate_before_the_batched_infer_rate():
+    infer = {"tokens_per_s": 120.0}  # llama.cpp decoding 16 sequences of one stage run together
+    rate, source = breakeven.local_rate({"serve.tokens_per_s_8": 41.5, "serve.tokens_per_s_1": 15.2}, infer)
+    assert rate == 41.5 and "8 concurrent clients" in source
+    rate, source = breakeven.local_rate({"train.tokens_per_s": 300}, infer)
+    assert rate == 120.0 and "never measured: make bench SECTION=serve" in source
+    assert breakeven.local_rate(None, None) == (None, "not measured")
+
+
 def test_report_params_are_checked(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"report": {"hardware_usd": -1}}))

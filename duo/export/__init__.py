@@ -38,9 +38,10 @@ def probe(llm) -> str:
 
 
 def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE, adapter: Path = c.ADAPTER,
-          references: Path = c.TEST) -> tuple[dict, list[str]]:
+          references: Path = c.TEST, metadata: dict | None = None) -> tuple[dict, list[str]]:
     """Build and check everything in `work` from `base` + `adapter` (perplexity on the rows of
-    `references`); return (metrics, failed checks). Nothing is moved into models/ here."""
+    `references`; `metadata`: general.* keys for the header); return (metrics, failed checks). Nothing
+    is moved into models/ here."""
     seconds: dict[str, float] = {}
     start = time.monotonic()
     quant = p.quant
@@ -52,7 +53,7 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
     (model, tokenizer), seconds["merge"] = checks.timed(gguf.merge, base, adapter, work / "merged")
     log("export: converting with llama.cpp's convert_hf_to_gguf.py")
     reference = work / f"model-{base_type}.gguf"
-    _, seconds["convert"] = checks.timed(gguf.convert, work / "merged", reference, base_type, model_name)
+    _, seconds["convert"] = checks.timed(gguf.convert, work / "merged", reference, base_type, model_name, metadata)
     final = work / "student.gguf"
     if quant == base_type:
         shutil.copyfile(reference, final)

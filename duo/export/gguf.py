@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from duo import llamacpp_tools
+from duo import llamacpp_tools, records
 
 
 def quant_types() -> dict[str, int]:
@@ -97,10 +97,16 @@ def _run_converter(cmd: list[str], model: str, hf_dir: Path) -> None:
         raise conversion_error(model, hf_dir, (proc.stderr or "") + (proc.stdout or ""))
 
 
-def convert(hf_dir: Path, out: Path, outtype: str = "f16", model: str | None = None) -> None:
-    """Run llama.cpp's own convert_hf_to_gguf.py (same version as the runtime)."""
+def convert(hf_dir: Path, out: Path, outtype: str = "f16", model: str | None = None,
+            metadata: dict | None = None) -> None:
+    """Run llama.cpp's own convert_hf_to_gguf.py (same version as the runtime); `metadata` (general.*
+    keys) goes into the header."""
     cmd = [sys.executable, str(llamacpp_tools.converter()), str(hf_dir), "--outfile", str(out),
            "--outtype", outtype]
+    if metadata:
+        override = out.with_name(out.name + ".metadata.json")
+        records.write_json(override, metadata)
+        cmd += ["--metadata", str(override)]
     _run_converter(cmd, model or str(hf_dir), hf_dir)
 
 
@@ -149,5 +155,10 @@ def read_metadata(path: Path) -> dict:
         "bos_token_id": field("tokenizer.ggml.bos_token_id"),
         "eos_token_id": field("tokenizer.ggml.eos_token_id"),
         "file_type": field("general.file_type"),
+        "name": field("general.name"),
+        "version": field("general.version"),
+        "license": field("general.license"),
+        "description": field("general.description"),
+        "base_model": field("general.base_model.0.name"),
         "tensors": len(reader.tensors),
     }
