@@ -21,7 +21,7 @@ import click
 
 from duo import contracts as c
 from duo import llamacpp_tools, records
-from duo.export import checks, families, gguf
+from duo.export import checks, families, gguf, release
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
 
@@ -51,6 +51,8 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
 
     log("export: merging adapter into base")
     (model, tokenizer), seconds["merge"] = checks.timed(gguf.merge, base, adapter, work / "merged")
+    if metadata:
+        release.write_card(work / "merged", metadata)
     log("export: converting with llama.cpp's convert_hf_to_gguf.py")
     reference = work / f"model-{base_type}.gguf"
     _, seconds["convert"] = checks.timed(gguf.convert, work / "merged", reference, base_type, model_name, metadata)

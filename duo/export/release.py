@@ -22,3 +22,10 @@ def metadata(cycle: int, base: Path, adapter: Path) -> dict:
         "general.base_models": [{"name": source}],
         "general.tags": ["duo", "llamaduo"],
     }
+
+
+def write_card(hf_dir: Path, metadata: dict) -> None:
+    """The converter takes general.license only from a model card's YAML front matter (its --metadata
+    file has no licence key): a README.md in the merged model's folder carries it."""
+    if metadata.get("general.license"):
+        records.write_text(hf_dir / "README.md", f"---\nlicense: {metadata['general.license']}\n---\n")
