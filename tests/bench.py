@@ -214,7 +214,10 @@ def machine() -> dict:
 def run(sections: list[str], save=lambda figures: None) -> tuple[dict, dict]:
     """Runs the sections in order; `save` gets the figures so far after each one (a failed section
     keeps the others' figures). Returns figures and errors."""
-    figures: dict = {"bench.machine": machine()}
+    # each section records the machine it ran on: a section rerun alone on another kind of machine
+    # must not relabel the figures of the others
+    info = machine()
+    figures: dict = {"bench.machine": info} if set(SECTIONS) <= set(sections) else {}
     timings: dict = {}
     errors: dict = {}
     # a section run alone uses the last bench cycle's own finetune and infer figures (labelled as such)
@@ -231,6 +234,7 @@ def run(sections: list[str], save=lambda figures: None) -> tuple[dict, dict]:
             got = {}
         timings[section] = round(time.monotonic() - start, 1)
         figures.update(got)
+        figures[f"{section}.machine"] = info
         print(f"bench: {section} done in {timings[section]} s", flush=True)
         figures["bench.section_s"] = timings
         save(_tidy(dict(figures)))
@@ -293,7 +297,8 @@ def main() -> None:
     results = records.read_json(OUT, default={}) or {}
 
     def save(figures: dict) -> None:
-        records.write_json(OUT, {**results, **figures})
+        timings = {**(results.get("bench.section_s") or {}), **(figures.get("bench.section_s") or {})}
+        records.write_json(OUT, {**results, **figures, "bench.section_s": timings})
 
     figures, errors = run(sections, save)
     save(figures)
