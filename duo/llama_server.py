@@ -6,8 +6,9 @@ single-request Python server lacks: N parallel slots decoded together (continuou
 slot keeping its last prompt's KV cells so requests that share a prefix (the judge rubric) evaluate it
 once per slot, JSON-schema constrained output, `/health`, `/metrics` and `--api-key`.
 
-`make setup` builds it once per llama.cpp commit and flavour (`cpu`, or `cuda` where nvcc and a GPU are found, duo/gpu.py) into
-a user cache, `$XDG_CACHE_HOME/duo/llama-server/` (like pip's wheel cache: a fresh clone reuses it).
+`make setup` builds it once per llama.cpp commit and flavour (`cpu`, or `cuda` where nvcc and a GPU
+are both found: duo/gpu.py) into a user cache, `$XDG_CACHE_HOME/duo/llama-server/` (like pip's wheel
+cache: a fresh clone reuses it).
 
 Run: python -m duo.llama_server   (builds if missing, prints the binary's path)
 """
