@@ -31,10 +31,29 @@ def _apply(raw: dict, assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
-def measure(params, max_tokens: int = 160) -> dict:
-    """Train, export (all checks), answer the validation prompts greedily; figures of the run."""
+def score(params, adapter: Path, work: Path, max_tokens: int = 160) -> dict:
+    """Export `adapter` exactly as the pipeline does (every check) and answer each validation prompt
+    greedily from the GGUF: ROUGE-L and exact match, overall and per task."""
     import llama_cpp
 
+    val = c.read_rows(c.VAL)
+    built, failures = export.build(params.export, export.model_label(), work / "export", adapter=adapter,
+                                   references=c.VAL)
+    if failures:
+        raise click.ClickException("export checks failed:\n- " + "\n- ".join(failures))
+    llm = llama_cpp.Llama(str(work / "export" / "student.gguf"), n_ctx=2048, verbose=False, seed=0,
+                          **local_llm.load_kwargs(0))
+    preds = []
+    for row in val:
+        reply = llm.create_chat_completion([{"role": "user", "content": row["prompt"]}],
+                                           max_tokens=max_tokens, temperature=0.0)
+        preds.append({"task": row["task"], "reference": row["response"],
+                      "response": reply["choices"][0]["message"]["content"] or ""})
+    return reference.reference_metrics(preds)
+
+
+def measure(params, max_tokens: int = 160) -> dict:
+    """Train, export (all checks), answer the validation prompts greedily; figures of the run."""
     rows, _ = finetune.load_rows(c.TRAIN, 0)
     val = c.read_rows(c.VAL)
     c.BASE.parent.mkdir(parents=True, exist_ok=True)
@@ -42,22 +61,11 @@ def measure(params, max_tokens: int = 160) -> dict:
         tmp = Path(tmp)
         start = time.monotonic()
         train = finetune.train(rows, params.finetune, c.BASE, tmp / "adapter", val=val)
-        built, failures = export.build(params.export, export.model_label(), tmp / "export", adapter=tmp / "adapter",
-                                       references=c.VAL)
-        if failures:
-            raise click.ClickException("export checks failed:\n- " + "\n- ".join(failures))
-        llm = llama_cpp.Llama(str(tmp / "export" / "student.gguf"), n_ctx=2048, verbose=False, seed=0,
-                              **local_llm.load_kwargs(0))
-        preds = []
-        for row in val:
-            reply = llm.create_chat_completion([{"role": "user", "content": row["prompt"]}],
-                                               max_tokens=max_tokens, temperature=0.0)
-            preds.append({"task": row["task"], "reference": row["response"],
-                          "response": reply["choices"][0]["message"]["content"] or ""})
+        scores = score(params, tmp / "adapter", tmp, max_tokens)
     return {"train_seconds": train["train_seconds"], "tokens_per_s": train["tokens_per_s"],
             "train_loss": train["train_loss"], "steps": train["steps"], "epochs": train["epochs"],
             "best_validation_loss": train["best_validation_loss"], "stopped_early": train["stopped_early"],
-            "wall_seconds": round(time.monotonic() - start, 1), **reference.reference_metrics(preds)}
+            "precision": train["precision"], "wall_seconds": round(time.monotonic() - start, 1), **scores}
 
 
 @click.command("measure")
