@@ -33,6 +33,14 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duo"
 AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
+def flavour() -> str:
+    """duo/gpu.py's choice; a bad DUO_GPU is the user's to fix, said without a traceback."""
+    try:
+        return gpu.flavour()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def cmake_args(kind: str) -> list[str]:
     args = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON",
             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -46,7 +54,7 @@ def cmake_args(kind: str) -> list[str]:
 
 def _where(kind: str | None = None) -> Path:
     commit = llamacpp_tools.versions()["llama_cpp_commit"] or "unknown"
-    return CACHE / f"{commit[:12]}-{kind or gpu.flavour()}" / "llama-server"
+    return CACHE / f"{commit[:12]}-{kind or flavour()}" / "llama-server"
 
 
 def binary() -> Path:
@@ -58,7 +66,7 @@ def binary() -> Path:
 
 def build(kind: str | None = None, jobs: int | None = None) -> Path:
     """Compile llama-server from the pinned sdist's llama.cpp unless the cache has it (minutes, once)."""
-    kind = kind or gpu.flavour()
+    kind = kind or flavour()
     dest = _where(kind)
     if dest.is_file():
         return dest
@@ -97,7 +105,7 @@ def command(model: Path, *, host: str, port: int, n_ctx: int, parallel: int, thr
     cmd = [str(binary()), "--model", str(model), "--host", host, "--port", str(port),
            "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel), "--kv-unified", "--cont-batching",
            "--jinja", "--threads", str(n), "--threads-batch", str(n), "--no-webui"]
-    if gpu.flavour() == "cuda":  # every layer on the GPU, as llama-cpp-python loads do (duo/gpu.py)
+    if flavour() == "cuda":  # every layer on the GPU, as llama-cpp-python loads do (duo/gpu.py)
         cmd += ["--n-gpu-layers", "999"]
     if alias:
         cmd += ["--alias", alias]

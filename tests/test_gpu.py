@@ -88,3 +88,13 @@ def test_loads_offload_every_layer_only_with_a_gpu_build(monkeypatch, tmp_path):
     monkeypatch.setenv("DUO_GPU", "cpu")
     cmd = llama_server.command(tmp_path / "m.gguf", host="127.0.0.1", port=1, n_ctx=64, parallel=1)
     assert "--n-gpu-layers" not in cmd and "-DGGML_CUDA=on" not in llama_server.cmake_args("cpu")
+
+
+def test_a_bad_override_stops_llama_server_with_a_message(monkeypatch):
+    import click
+
+    from duo import llama_server
+
+    monkeypatch.setenv("DUO_GPU", "rocm")
+    with pytest.raises(click.ClickException, match="DUO_GPU='rocm': use auto, cpu or cuda"):
+        llama_server.flavour()
