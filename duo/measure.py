@@ -31,12 +31,40 @@ def _apply(raw: dict, assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
+def validation_nll(adapter: Path, rows: list[dict]) -> float:
+    """Mean negative log-likelihood per response token of `rows` under base + `adapter` (fp32, one row at a
+    time). The same number whoever trained the adapter: the Trainer's eval loss averages per-batch means,
+    so it moves with the evaluation batch size when rows differ in length."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for conv in finetune.to_conversations(rows):
+            prompt = tokenizer.apply_chat_template(conv["prompt"], tokenize=True, add_generation_prompt=True,
+                                                   return_dict=False)
+            full = tokenizer.apply_chat_template(conv["prompt"] + conv["completion"], tokenize=True,
+                                                 return_dict=False)
+            ids = torch.tensor([full])
+            labels = ids.clone()
+            labels[0, :len(prompt)] = -100
+            n = int((labels[0, 1:] != -100).sum())
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            count += n
+    return round(total / count, 4)
+
+
 def score(params, adapter: Path, work: Path, max_tokens: int = 160) -> dict:
     """Export `adapter` exactly as the pipeline does (every check) and answer each validation prompt
-    greedily from the GGUF: ROUGE-L and exact match, overall and per task."""
+    greedily from the GGUF: ROUGE-L and exact match, overall and per task; the validation loss per
+    response token."""
     import llama_cpp
 
     val = c.read_rows(c.VAL)
+    nll = validation_nll(adapter, val)
     built, failures = export.build(params.export, export.model_label(), work / "export", adapter=adapter,
                                    references=c.VAL)
     if failures:
@@ -49,7 +77,7 @@ def score(params, adapter: Path, work: Path, max_tokens: int = 160) -> dict:
                                            max_tokens=max_tokens, temperature=0.0)
         preds.append({"task": row["task"], "reference": row["response"],
                       "response": reply["choices"][0]["message"]["content"] or ""})
-    return reference.reference_metrics(preds)
+    return {"validation_nll": nll, **reference.reference_metrics(preds)}
 
 
 def measure(params, max_tokens: int = 160) -> dict:
@@ -64,7 +92,8 @@ def measure(params, max_tokens: int = 160) -> dict:
         scores = score(params, tmp / "adapter", tmp, max_tokens)
     return {"train_seconds": train["train_seconds"], "tokens_per_s": train["tokens_per_s"],
             "train_loss": train["train_loss"], "steps": train["steps"], "epochs": train["epochs"],
-            "best_validation_loss": train["best_validation_loss"], "stopped_early": train["stopped_early"],
+            "best_validation_loss": train["best_validation_loss"], "best_step": train["best_step"],
+            "validation_curve": train["validation_curve"], "stopped_early": train["stopped_early"],
             "precision": train["precision"], "wall_seconds": round(time.monotonic() - start, 1), **scores}
 
 

@@ -62,7 +62,7 @@ def test_cached_run_matches_uncached_run_to_bf16_precision_under_autocast(base, 
     # weights up to 1.6e-4 apart at |w| <= 0.13, losses equal to 4 decimals); fp32 is exact (above).
     from duo.train import finetune
 
-    if not finetune._bf16_fast("cpu"):
+    if not finetune.bf16_fast("cpu"):
         pytest.skip("this CPU has no bf16 math: `precision: auto` never picks bf16 autocast here")
     cached, cached_adapter = _train(base, tmp_path / "a", 64, layers=1, precision="bf16")
     plain, plain_adapter = _train(base, tmp_path / "b", 0, layers=1, precision="bf16")

@@ -53,7 +53,7 @@ def _device_and_quant(p) -> tuple[str, bool]:
     return ("cuda" if cuda else "cpu"), quant
 
 
-def _bf16_fast(device: str) -> bool:
+def bf16_fast(device: str) -> bool:
     """bf16 autocast pays where the hardware has bf16 math: recent GPUs, or CPUs with AVX512-BF16/AMX."""
     import torch
 
@@ -64,6 +64,13 @@ def _bf16_fast(device: str) -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast(p, device: str) -> str:
+    """The precision training computes in: bf16, fp16 or fp32 (finetune.precision, auto resolved)."""
+    if p.precision == "fp16":
+        return "fp16"
+    return "bf16" if p.precision == "bf16" or (p.precision == "auto" and bf16_fast(device)) else "fp32"
 
 
 def top_layers(layers, n_layers: int) -> list[int] | None:
@@ -137,7 +144,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
                                    "without bf16, such as T4 and V100); use auto or fp32 on a CPU")
     r, alpha = lora_size(len(rows), p.lora.r, p.lora.alpha)
     micro = micro_batch(p, device, world)
-    bf16 = p.precision == "bf16" or (p.precision == "auto" and _bf16_fast(device))
+    precision = autocast(p, device)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model_kwargs = {"dtype": torch.float32}
     if quant:
@@ -197,8 +204,8 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         seed=p.seed,
         data_seed=p.seed,
         use_cpu=device == "cpu",
-        bf16=bf16,
-        fp16=p.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         dataloader_num_workers=0,
         # TRL turns checkpointing on by default; at 135M on CPU memory is plentiful and recomputing
         # activations costs ~30% of the step. TRL's flag is a deprecated alias in transformers (a warning
@@ -211,7 +218,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
                          peft_config=lora, eval_dataset=Dataset.from_list(to_conversations(val)) if val else None,
                          callbacks=[EarlyStoppingCallback(p.early_stopping_patience)] if early else None)
     trainer.remove_callback(PrinterCallback)  # a dict per step is noise in a log; the curve is in train.json
-    mode = "4-bit QLoRA" if quant else "bf16 autocast" if bf16 else "fp16 autocast" if p.precision == "fp16" else "fp32"
+    mode = "4-bit QLoRA" if quant else f"{precision} autocast" if precision != "fp32" else "fp32"
     log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {mode} on {device}"
         f"{f' x {world} processes' if world > 1 else ''}, loss on "
         f"{'response only' if p.loss == 'completion' else 'whole sequence'}")
@@ -267,7 +274,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         "quantized_4bit": quant,
         "micro_batch_size": micro,
         "processes": world,
-        "precision": "bf16" if bf16 else "fp16" if p.precision == "fp16" else "fp32",
+        "precision": precision,
         "padding_free": padding_free,
         "lora_layers": p.lora.layers,
         "frozen_cache": cache_stats,
