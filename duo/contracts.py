@@ -14,6 +14,7 @@ SYNTH_DIR = Path("data/synth")
 PREDICTIONS = Path("data/predictions.jsonl")
 JUDGMENTS = Path("data/judgments.jsonl")
 TEACHER = Path("data/teacher.jsonl")  # the teacher's own answers to the test prompts (P-Match)
+VALIDATION_DIR = Path("data/validation")  # every cycle's greedy validation answers and scores, kept
 # models
 BASE = Path("models/base")
 ADAPTER = Path("models/adapter")
@@ -30,12 +31,13 @@ EXPORT_METRICS = Path("metrics/export.json")
 BENCH = Path("metrics/bench.json")  # make bench; the report reads the measured serve rate from it
 INFER_METRICS = Path("metrics/infer.json")
 EVAL_METRICS = Path("metrics/eval.json")
+VALIDATION_METRICS = Path("metrics/validation.json")
 VERDICT = Path("metrics/cycle.json")
 COST = Path("metrics/cost.json")
 SUMMARY = Path("metrics/summary.json")  # one short row per cycle in `dvc exp show`
 PLOTS_DIR = Path("metrics/plots")
 METRICS = {"synth": SYNTH_METRICS, "train": TRAIN_METRICS, "export": EXPORT_METRICS, "infer": INFER_METRICS,
-           "eval": EVAL_METRICS, "verdict": VERDICT, "cost": COST, "summary": SUMMARY}
+           "validation": VALIDATION_METRICS, "eval": EVAL_METRICS, "verdict": VERDICT, "cost": COST, "summary": SUMMARY}
 SCORES = ("similarity", "precision")  # what a single-mode judge rates, 1-100
 SCORE_ABBREV = {"similarity": "sim", "precision": "prec"}
 # row schemas (extra keys are kept): coverage/train/val/test/synth rows, and predictions
@@ -72,9 +74,24 @@ def rejected_file(cycle: int, synth_dir: Path = SYNTH_DIR) -> Path:
     return synth_dir / f"rejected-cycle-{cycle}.jsonl"
 
 
+def reserve_file(cycle: int, synth_dir: Path = SYNTH_DIR) -> Path:
+    """Pairs kept by curation but over their label's quota after cycle `cycle`: paid for, used later."""
+    return synth_dir / f"reserve-cycle-{cycle}.jsonl"
+
+
 def seeds_file(cycle: int, synth_dir: Path = SYNTH_DIR) -> Path:
     """The train row each teacher request of a cycle was seeded with."""
     return synth_dir / f"seeds-cycle-{cycle}.jsonl"
+
+
+def validation_file(cycle: int, folder: Path = VALIDATION_DIR) -> Path:
+    """A cycle's validation rows: its student's greedy answer and score per row."""
+    return folder / f"cycle-{cycle}.jsonl"
+
+
+def validation_summary(cycle: int, folder: Path = VALIDATION_DIR) -> Path:
+    """A cycle's validation task score (overall, per task, interval) and its GGUF's md5."""
+    return folder / f"cycle-{cycle}.json"
 
 
 def synth_files(first: int, last: int, synth_dir: Path = SYNTH_DIR) -> list[Path]:
@@ -106,9 +123,11 @@ def evenly(points: list, n: int = LOSS_CURVE_POINTS) -> list:
 
 
 def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, zetas: list[int]) -> dict:
-    """A cycle's headline in flat, short keys: gate value, V and C@ζ per score (ζ from judge.zetas, C as
-    a share), ROUGE-L, exact match, service cost, training seconds."""
-    out = {"cycle": verdict["cycle"], "gate": verdict["value"], "passed": verdict["passed"]}
+    """A cycle's headline in flat, short keys: gate value and its lower bound, the validation task score,
+    V and C@ζ per score (ζ from judge.zetas, C as a share), ROUGE-L, exact match, service cost, training
+    seconds."""
+    out = {"cycle": verdict["cycle"], "gate": verdict["value"], "gate_low": verdict.get("lower"),
+           "passed": verdict["passed"], "val": (verdict.get("validation") or {}).get("task_score")}
     for score, short in SCORE_ABBREV.items():
         block = eval_metrics.get(score) or {}
         out[f"{short}_V"] = block.get("mean")

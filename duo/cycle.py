@@ -13,15 +13,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import click
 
-from duo import contracts, gate, model_card
+from duo import contracts, delivery, gate
 from duo import params as params_mod
 from duo import records
 
-VERDICT, DIST = contracts.VERDICT, contracts.DIST
+VERDICT = contracts.VERDICT
 
 
 def _run(args: list[str], capture: bool = True) -> subprocess.CompletedProcess:
@@ -66,30 +65,8 @@ def run_cycle(t: int) -> None:
     click.echo(f"cycle: cycle {t} finished in {time.monotonic() - start:.0f} s")
 
 
-def deliver(verdict: dict) -> Path:
-    DIST.mkdir(exist_ok=True)
-    target = DIST / "student.gguf"
-    records.copy_file(contracts.GGUF, target)
-    records.copy_file(contracts.MODELFILE, DIST / "Modelfile")
-    digest = records.file_sha256(target)
-    record = {"cycle": verdict["cycle"], "gate": verdict, "sha256": digest, "file": target.name}
-    lora = contracts.LORA_FILE
-    if lora.exists():
-        records.copy_file(lora, DIST / "adapter.gguf")
-        record["lora"] = {"file": "adapter.gguf", "sha256": records.file_sha256(lora)}
-    else:
-        (DIST / "adapter.gguf").unlink(missing_ok=True)
-    # The card written at export could not know the evaluation (it runs later): rewrite it with the
-    # final metrics. models/MODEL_CARD.md stays as DVC recorded it.
-    model_card.write(DIST / "MODEL_CARD.md", verdict["cycle"], final=True)
-    records.write_json(DIST / "deliverable.json", record)
-    return target
-
-
 def say(verdict: dict) -> None:
-    state = "PASSED" if verdict["passed"] else "not passed"
-    click.echo(f"verdict: cycle {verdict['cycle']}: {verdict['score']} {verdict['statistic']} = "
-               f"{verdict['value']} vs ε = {verdict['threshold']} -> {state}; next: {verdict['next']}")
+    click.echo(f"verdict: {gate.sentence(verdict)}")
 
 
 def next_step(t: int, verdict: dict | None, stale: list[str], max_cycles: int) -> tuple[str, str]:
@@ -98,7 +75,7 @@ def next_step(t: int, verdict: dict | None, stale: list[str], max_cycles: int) -
         return "run", f"run cycle {t}" + (f" (stale: {', '.join(stale)})" if stale else "")
     action, words = gate.after(t, verdict["passed"], max_cycles)
     if action == "passed":
-        return action, f"nothing: the gate passed at cycle {t}; (re)deliver {contracts.GGUF} to {contracts.DIST}/"
+        return action, f"nothing: the gate passed at cycle {t}; (re)deliver the best cycle's GGUF to {contracts.DIST}/"
     return action, f"nothing: {words.removeprefix('stop: ')}" if action == "stopped" else words
 
 
@@ -116,7 +93,7 @@ def turn() -> str:
         run_cycle(t)
     elif action == "passed":
         say(verdict)
-        click.echo(f"cycle: nothing to do; the deliverable is {deliver(verdict)}")
+        click.echo(f"cycle: nothing to do; the deliverable is {delivery.deliver(verdict)}")
         return "passed"
     elif action == "stopped":
         say(verdict)
@@ -127,7 +104,7 @@ def turn() -> str:
     verdict = records.read_json(VERDICT)
     say(verdict)
     if verdict["passed"]:
-        click.echo(f"cycle: the gate passed; the deliverable is {deliver(verdict)}")
+        click.echo(f"cycle: the gate passed; the deliverable is {delivery.deliver(verdict)}")
     return "ran"
 
 

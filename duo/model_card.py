@@ -69,9 +69,10 @@ def data_sizes(cycle: int) -> dict:
             "total_rows": _lines(TRAIN) + sum(synth.values())}
 
 
-def release_metrics(cycle: int) -> dict | None:
-    """metrics/eval.json and the gate's verdict, only if they belong to this cycle."""
-    ev, verdict = _json(EVAL_METRICS), _json(VERDICT)
+def release_metrics(cycle: int, ev: dict | None = None, verdict: dict | None = None) -> dict | None:
+    """The cycle's evaluation and gate verdict (the workspace's metrics/eval.json and metrics/cycle.json
+    unless given), only if they belong to this cycle."""
+    ev, verdict = ev or _json(EVAL_METRICS), verdict or _json(VERDICT)
     if not ev or ev.get("cycle") != cycle:
         return None
     out = {"verdict": verdict if verdict.get("cycle") == cycle else None, "mode": ev.get("mode")}
@@ -175,8 +176,16 @@ def render(f: dict) -> str:
         lines.append(f"- LoRA-only GGUF: `{lora.get('file')}` ({lora.get('size_mb')} MB), to apply on a GGUF of the "
                      f"base; greedy output on the base f16 GGUF matches the merged file for "
                      f"{lora.get('common_prefix')} of {lora.get('tokens')} tokens")
-    lines += ["", "## Metrics at release"]
-    rel = f["release"]
+    lines += release_lines(f["release"])
+    lines += ["", "## Use", "```", "llama-cli -m student.gguf -cnv", "ollama create student -f Modelfile", "```", ""]
+    return "\n".join(lines)
+
+
+RELEASE = "## Metrics at release"
+
+
+def release_lines(rel: dict | None) -> list[str]:
+    lines = ["", RELEASE]
     if not rel:
         lines.append("Pending: evaluate runs after export; duo fills this in when it delivers the model "
                      "(dist/MODEL_CARD.md).")
@@ -198,8 +207,15 @@ def render(f: dict) -> str:
             lines.append("- reference metrics: " + ", ".join(f"{k} {v}" for k, v in rel["reference"].items()))
         if rel.get("judges"):
             lines.append(f"- judged by: {', '.join(rel['judges'])}")
-    lines += ["", "## Use", "```", "llama-cli -m student.gguf -cnv", "ollama create student -f Modelfile", "```", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def with_release(card: str, rel: dict | None, note: str = "") -> str:
+    """An exported card with its release section filled in (the rest of the card as export wrote it)."""
+    head, _, rest = card.partition("\n" + RELEASE)
+    tail = rest[rest.find("\n## ", 1):] if "\n## " in rest[1:] else "\n"
+    lines = release_lines(rel) + ([f"- {note}"] if note else [])
+    return head + "\n".join(lines) + tail
 
 
 def write(path: Path, cycle: int, export: dict | None = None, final: bool = False) -> str:

@@ -83,6 +83,8 @@ class Synth:
     per_cycle: int = num(12, 0)
     schedule: Literal["fixed", "doubling"] = "fixed"
     max_requests: int = num(30, 1)
+    answer_shares: Literal["train", "balanced"] = "train"
+    focus: Literal["uniform", "failures"] = "uniform"
 
 
 AutoInt = Union[int, Literal["auto"]]
@@ -133,7 +135,9 @@ class Finetune:
     seed: int = 42
     save_steps: int = num(10, 0)
     validation_ratio: float = num(0.1, 0.0, 0.9)
+    validation_min_rows: int = num(20, 0)
     early_stopping_patience: int = num(1, 0)
+    init: Literal["base", "previous"] = "base"
     processes: int = num(1, 1, 1024)
     accelerate_config: Optional[str] = None
     lora: Lora = field(default_factory=Lora)
@@ -199,6 +203,7 @@ class Gate:
     score: Literal["similarity", "precision", "pairwise"] = "precision"
     statistic: str = "mean"
     threshold: float = num(70.0, 0.0)
+    confidence: float = num(0.9, 0.0, 1.0)
     max_cycles: int = num(3, 1)
 
     def check(self):
@@ -207,6 +212,8 @@ class Gate:
                 raise ValueError("with score 'pairwise', statistic must be 'win' or 'win_or_tie'")
         elif self.statistic != "mean" and not (self.statistic.startswith("c") and self.statistic[1:].isdigit()):
             raise ValueError("statistic must be 'mean' or c<zeta> such as c70")
+        if 0 < self.confidence < 0.5 or self.confidence >= 1:
+            raise ValueError(f"confidence must be 0 (the point value decides) or in [0.5, 1), got {self.confidence}")
 
 
 @dataclass

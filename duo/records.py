@@ -231,9 +231,10 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(data), binary=True)
 
 
-def file_sha256(path: str | Path) -> str:
-    """A file's sha256, read in 1 MiB blocks (GGUFs and checkpoints do not fit comfortably in memory)."""
-    h = hashlib.sha256()
+def file_sha256(path: str | Path, algorithm: str = "sha256") -> str:
+    """A file's digest, read in 1 MiB blocks (GGUFs and checkpoints do not fit comfortably in memory);
+    md5 is what DVC's cache names a file by."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

@@ -7,6 +7,8 @@ import base64
 import html as html_mod
 import json
 
+from duo import gate
+
 SCORES = ("similarity", "precision")
 GLOSSARY = [
     ("V", "mean judge score (1-100) over all judged responses; judge errors are left out."),
@@ -57,9 +59,7 @@ def _pmatch(ev: dict | None, score: str):
 def verdict_text(v: dict | None) -> tuple[str, bool | None]:
     if not v:
         return "no verdict yet (the gate stage has not run)", None
-    state = "PASSED" if v["passed"] else "not passed"
-    return (f"{v['score']} {v['statistic']} = {num(v['value'], 2)} vs ε = {v['threshold']:g} → {state}. "
-            f"Next: {v['next']}", v["passed"])
+    return gate.sentence(v), v["passed"]
 
 
 def summary_rows(data: dict) -> list[tuple[str, list[tuple]]]:

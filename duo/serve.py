@@ -2,9 +2,9 @@
 slots with continuous batching, /health, /metrics, an optional API key), so an application moves from
 the service LLM to the student by changing only its base URL (and model name).
 
-Serves models/student.gguf (the latest exported model: the one `duo status` reports on; once the gate
-passes, `make cycle` copies that same file to dist/). Prompts are rendered with the chat template embedded
-in the GGUF, which the export stage checked is the training template.
+Serves, unless told otherwise, the deliverable (dist/student.gguf, once the gate has passed), else the
+best cycle's GGUF on validation so far (duo/delivery.py), else models/student.gguf. Prompts are rendered
+with the chat template embedded in the GGUF, which the export stage checked is the training template.
 
 Run: duo serve [--model PATH] [--host H] [--port P] [--parallel N]   (or: make serve)
      (env: SERVE_MODEL, SERVE_HOST, SERVE_PORT, SERVE_PARALLEL, SERVE_API_KEY)
@@ -18,15 +18,14 @@ from pathlib import Path
 
 import click
 
-from duo import contracts, records
+from duo import delivery, records
 
-DEFAULT_MODEL = contracts.GGUF
-DELIVERABLE = contracts.DIST / "deliverable.json"
+DELIVERABLE = delivery.DELIVERABLE
 
 
 def check_gguf(path: Path) -> None:
     if not path.is_file():
-        hint = "run `make cycle` first" if path == DEFAULT_MODEL else "check the path"
+        hint = "run `make cycle` first" if path == delivery.default_model()[0] else "check the path"
         raise click.ClickException(f"{path}: model file not found ({hint})")
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
@@ -56,8 +55,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_path", default=str(DEFAULT_MODEL), show_default=True, envvar="SERVE_MODEL",
-              type=click.Path(path_type=Path), help="GGUF to serve (env SERVE_MODEL).")
+@click.option("--model", "model_path", default=None, envvar="SERVE_MODEL", type=click.Path(path_type=Path),
+              help="GGUF to serve (env SERVE_MODEL); default: the deliverable, else the best cycle's on validation.")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="SERVE_HOST",
               help="Interface to listen on (env SERVE_HOST); 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8000, show_default=True, envvar="SERVE_PORT", type=click.IntRange(1, 65535),
@@ -68,7 +67,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--n-ctx", default=4096, show_default=True, type=click.IntRange(min=64), help="Context per request.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="0 = all cores.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback host without SERVE_API_KEY.")
-def main(model_path: Path, host: str, port: int, parallel: int, alias: str, n_ctx: int, threads: int,
+def main(model_path: Path | None, host: str, port: int, parallel: int, alias: str, n_ctx: int, threads: int,
          insecure: bool) -> None:
     """Serve the student GGUF with llama.cpp's OpenAI-compatible server (Ctrl-C stops it).
 
@@ -79,11 +78,14 @@ def main(model_path: Path, host: str, port: int, parallel: int, alias: str, n_ct
     if host not in LOOPBACK and not key and not insecure:
         raise click.ClickException(f"refusing to serve on {host} without a key: anyone on the network could use "
                                    f"it; set SERVE_API_KEY (clients send it as a Bearer token) or pass --insecure")
+    chosen = None
+    if model_path is None:
+        model_path, chosen = delivery.default_model()
     check_gguf(model_path)
     check_port(host, port)
     cmd = llama_server.command(model_path, host=host, port=port, n_ctx=n_ctx, parallel=parallel, threads=threads,
                                alias=alias, metrics=True)
-    click.echo(f"serve: {model_path} ({provenance(model_path)})")
+    click.echo(f"serve: {model_path} ({chosen or provenance(model_path)})")
     click.echo(f"serve: http://{host}:{port}/v1  model '{alias}', {parallel} parallel requests, "
                f"{'API key required' if key else 'no API key'}  (OpenAI API, /health, /metrics; Ctrl-C stops)")
     sys.stdout.flush()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from duo import contracts, cycle
+from duo import contracts, cycle, delivery, gate
 from duo import params as params_mod
 from duo import records
 
@@ -25,7 +25,7 @@ def collect(params_path: str | Path = "params.yaml") -> dict:
     t, gate = params.cycle, params.gate
     verdict = records.read_json(cycle.VERDICT)
     metrics = {name: records.read_json(contracts.METRICS[name])
-               for name in ("synth", "train", "export", "infer", "eval", "cost")}
+               for name in ("synth", "train", "export", "validation", "infer", "eval", "cost")}
     try:
         stale, stale_error = cycle.stale_stages(), None
     except click.ClickException as exc:
@@ -43,7 +43,7 @@ def collect(params_path: str | Path = "params.yaml") -> dict:
         "stale_error": stale_error,
         "next": {"action": action, "description": what},
         "experiments": sorted(cycle.exp_names()),
-        "deliverable": records.read_json(cycle.DIST / "deliverable.json"),
+        "deliverable": records.read_json(delivery.DELIVERABLE),
     }
 
 
@@ -61,6 +61,13 @@ def _metrics_lines(m: dict) -> list[str]:
     if export := m.get("export"):
         lines.append(f"export      {export.get('quant')}, {export.get('size_mb')} MB, {export.get('name')} "
                      f"{export.get('version')} (licence {export.get('license')})")
+    if (val := m.get("validation")) and not val.get("skipped"):
+        standing = val.get("standing") or {}
+        worse = standing.get("regression")
+        lines.append(f"validate    cycle {val.get('cycle')}: task score {val.get('task_score')} (95% {val.get('ci95')}), "
+                     f"best cycle {standing.get('best_cycle')}" + (
+                         f"; REGRESSION from cycle {worse['from_cycle']} ({worse['difference']:+}, 95% {worse['ci95']})"
+                         if worse else ""))
     if infer := m.get("infer"):
         lines.append(f"infer       cycle {infer.get('cycle')}: {infer.get('responses')} responses, "
                      f"{infer.get('tokens_per_s')} tokens/s")
@@ -88,9 +95,7 @@ def render(s: dict) -> str:
            f"at most {g['max_cycles']} cycles"]
     v = s["verdict"]
     if v:
-        state = "PASSED" if v.get("passed") else "not passed"
-        out.append(f"verdict     cycle {v.get('cycle')}: {v.get('score')} {v.get('statistic')} = {v.get('value')} "
-                   f"vs ε = {v.get('threshold')} -> {state}")
+        out.append(f"verdict     {gate.sentence(v)}")
     else:
         out.append("verdict     none yet: no cycle has finished (metrics/cycle.json is missing)")
     out += _metrics_lines(s["metrics"])
@@ -101,6 +106,6 @@ def render(s: dict) -> str:
     out.append(f"next        make cycle: {s['next']['description']}")
     out.append(f"experiments {', '.join(s['experiments']) or 'none yet'}")
     d = s["deliverable"]
-    out.append(f"deliverable {cycle.DIST / d['file']} (cycle {d.get('cycle')}, sha256 {d.get('sha256', '')[:12]})"
+    out.append(f"deliverable {contracts.DIST / d['file']} (cycle {d.get('cycle')}, sha256 {d.get('sha256', '')[:12]})"
                if d else "deliverable none yet (the gate has not passed)")
     return "\n".join(out)

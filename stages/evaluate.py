@@ -12,9 +12,9 @@ import click
 
 from duo import entry
 from duo import contracts as c
-from duo import evaluation
 from duo import params as params_mod
 from duo import progress, records
+from duo.evaluation import panel
 
 
 @click.command()
@@ -22,11 +22,11 @@ from duo import progress, records
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     preds = records.read_records(c.PREDICTIONS, c.PREDICTION_FIELDS)
-    metrics, judgments, teacher = evaluation.evaluate(preds, c.read_rows(c.TEST), params)
+    metrics, judgments, teacher = panel.evaluate(preds, c.read_rows(c.TEST), params)
     records.write_jsonl(c.JUDGMENTS, judgments)
     records.write_jsonl(c.TEACHER, teacher)
     records.write_json(c.EVAL_METRICS, metrics)
-    progress.summary("evaluate", evaluation.headline(metrics))
+    progress.summary("evaluate", panel.headline(metrics))
     rate, limit = metrics["judge"]["error_rate"], params.judge.max_error_rate
     if rate > limit:
         raise click.ClickException(f"judge error rate {rate:.1%} is above judge.max_error_rate {limit:.0%}: the judge "

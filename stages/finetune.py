@@ -27,7 +27,9 @@ def main(params_path: str) -> None:
     val = c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else []
     if not c.BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{c.BASE} holds no model: run the base stage first (dvc repro base)")
-    metrics = finetune.train(rows, p, c.BASE, c.ADAPTER, val=val)
+    init, said = finetune.previous_adapter(c.ADAPTER, params.cycle, p)
+    click.echo(f"finetune: training {said}")
+    metrics = finetune.train(rows, p, c.BASE, c.ADAPTER, val=val, init=init, cycle=params.cycle)
     if not distributed.is_main():
         return
     metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth}

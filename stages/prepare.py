@@ -1,8 +1,8 @@
 """prepare: seeded train/test split of the coverage dataset by Φ (coverage.train_ratio), per task, and a
-validation split carved from train (finetune.validation_ratio): what training, early stopping and every
+validation split carved from train (finetune.validation_ratio, validation_min_rows): what training, early stopping and every
 choice of defaults look at. The test split belongs to the judge: the validation ratio never changes it.
 
-Run: python -m stages.prepare   (reads params.yaml `coverage`, `finetune.validation_ratio`; writes
+Run: python -m stages.prepare   (reads params.yaml `coverage`, `finetune.validation_*`; writes
 data/train.jsonl, data/val.jsonl, data/test.jsonl)
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ def main(params_path: str) -> None:
     # row count, not the file size; rows are then copied over in split order.
     rows = [{"id": obj["id"], "task": obj["task"], "at": at} for _, at, obj in records.iter_records(
         p.path, contracts.ROW_FIELDS, unique="id", max_bytes=p.max_record_bytes, what="coverage.max_record_bytes")]
-    train, val, test = splits.split(rows, p.train_ratio, p.seed, params.finetune.validation_ratio)
+    train, val, test = splits.split(rows, p.train_ratio, p.seed, params.finetune.validation_ratio,
+                                     params.finetune.validation_min_rows)
     for path, part in ((contracts.TRAIN, train), (contracts.VAL, val), (contracts.TEST, test)):
         records.write_jsonl(path, records.read_at(p.path, (r["at"] for r in part)))
     tasks = sorted({r["task"] for r in rows})

@@ -1,9 +1,11 @@
 """synthesize (cycle >= 1): the teacher writes new (instruction, response) pairs seeded from train,
 curated as they land (duo/synth/generate.py; decontaminated against test and validation), until
-`synth.per_cycle` kept pairs (x 2^(cycle-1) with `schedule: doubling`) or `synth.max_requests`.
+`synth.per_cycle` kept pairs (x 2^(cycle-1) with `schedule: doubling`, split by task and label:
+duo/synth/mix.py) or `synth.max_requests`. The last cycle's reserve is used first; with `synth.focus:
+failures`, its validation record (data/validation/, never test) steers the seeds.
 
-Run: python -m stages.synthesize   (reads data/{train,val,test}.jsonl, earlier data/synth/cycle-*.jsonl;
-writes data/synth/{cycle,rejected-cycle,seeds-cycle}-<t>.jsonl and metrics/synth.json)
+Run: python -m stages.synthesize   (reads data/{train,val,test}.jsonl, earlier data/synth/ and data/validation/;
+writes data/synth/{cycle,rejected-cycle,seeds-cycle,reserve-cycle}-<t>.jsonl and metrics/synth.json)
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from duo import entry
 from duo import contracts as c
 from duo import params as params_mod
 from duo import progress, records, service
+from duo.evaluation import validation
 from duo.synth import generate
 
 
@@ -28,14 +31,18 @@ def main(params_path: str) -> None:
         return
     train = c.read_rows(c.TRAIN)
     # held out from synthesis: the judge's test split and the validation split defaults are chosen on
-    held_out = c.read_rows(c.TEST) + (c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else [])
-    earlier = [row for path in c.synth_files(1, cycle - 1)
-               for row in records.read_records(path, c.ROW_FIELDS, allow_empty=True)]
+    val = c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else []
+    held_out = c.read_rows(c.TEST) + val
+    earlier = [row for path in c.synth_files(1, cycle - 1) for row in c.read_rows(path, allow_empty=True)]
+    reserve = c.read_rows(c.reserve_file(cycle - 1), allow_empty=True) if c.reserve_file(cycle - 1).exists() else []
+    failed = validation.failures(cycle - 1)  # the last student on validation (never test): what to aim at
     target = generate.target_rows(params.synth, cycle)
     with service.from_params(params.service, params.synth.model, journal="synth", cycle=cycle) as svc, \
             progress.bar(target or None, "synthesize", unit="row" if target else "req") as bar:
-        result = generate.synthesize(train, held_out, earlier, svc, params.synth, params.curate, cycle, bar.update)
+        result = generate.synthesize(train, held_out, earlier, svc, params.synth, params.curate, cycle, bar.update,
+                                     reserve=reserve, failed=failed, val=val)
     metrics = result.metrics | {"service": svc.stats.as_dict()}
+    records.write_jsonl(c.reserve_file(cycle), result.reserve)
     records.write_jsonl(c.seeds_file(cycle), result.seeds)
     records.write_jsonl(c.rejected_file(cycle), result.rejected)
     records.write_jsonl(c.synth_file(cycle), result.kept)

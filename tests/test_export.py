@@ -152,7 +152,7 @@ def test_delivery_refreshes_the_card_with_the_final_metrics(workdir, exported):
                "passed": True, "next": "deliver"}
     records.write_json(workdir / "metrics" / "cycle.json", verdict)
     before = (workdir / "models" / "MODEL_CARD.md").read_text()
-    cycle.deliver(verdict)
+    delivery.deliver(verdict)
     card = (workdir / "dist" / "MODEL_CARD.md").read_text()
     assert "Pending" not in card and "precision: V = 72.25" in card and "72.25 vs ε = 70 -> passed" in card
     assert "rougeL 33.3" in card

@@ -6,7 +6,7 @@ import pytest
 
 from duo import service
 from duo.params import Curate, Synth
-from duo.synth import generate, teacher
+from duo.synth import generate, mix, teacher
 from duo.train.finetune import load_rows, lora_size
 from tests.fake_provider import FakeProvider, unique_pairs
 
@@ -28,13 +28,18 @@ def svc_for(fake, **kw):
     return service.Service("openai/t", api_base=fake.url, backoff_s=0.01, **kw)
 
 
+def _draw(train, n, seed, cycle):
+    stream = next(iter(mix.seed_streams(train, {("qa", None): 1}, {}, {}, seed, cycle).values()))
+    return [next(stream)[1] for _ in range(min(n, len(train)))]
+
+
 def test_seeds_without_replacement_and_seeded_by_cycle():
     train = _rows(20)
-    a = teacher.draw_seeds(train, 8, seed=1, cycle=1)
+    a = _draw(train, 8, seed=1, cycle=1)
     assert len({r["id"] for r in a}) == 8
-    assert a == teacher.draw_seeds(list(reversed(train)), 8, seed=1, cycle=1)
-    assert a != teacher.draw_seeds(train, 8, seed=1, cycle=2)
-    assert len(teacher.draw_seeds(train, 50, seed=1, cycle=1)) == 20
+    assert a == _draw(list(reversed(train)), 8, seed=1, cycle=1)
+    assert a != _draw(train, 8, seed=1, cycle=2)
+    assert len(_draw(train, 50, seed=1, cycle=1)) == 20
 
 
 def test_parse_pairs_tolerates_wrappers_and_drops_bad_items():

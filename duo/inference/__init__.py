@@ -47,3 +47,12 @@ def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
                   "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
                   "stopped_share": round(stopped / len(rows), 4) if rows else None,
                   "truncated_prompts": len(getattr(backend, "truncated", ()))}
+
+
+def greedy(gguf: Path, rows: list[dict], p, cycle: int) -> list[dict]:
+    """One greedy answer per row from the GGUF through llama.cpp (prediction rows, as `run` makes them)."""
+    import dataclasses
+
+    one = dataclasses.replace(p, k=1, temperature=0.0)
+    preds, _ = run(rows, backend("llama_cpp", gguf, one), one, cycle)
+    return preds

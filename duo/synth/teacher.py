@@ -1,9 +1,6 @@
 """What the teacher is asked for each seed, and how its reply is read."""
 from __future__ import annotations
 
-import random
-from typing import Iterator
-
 from duo import contracts, prompts
 from duo.replies import json_objects
 from duo.service import Request
@@ -21,21 +18,6 @@ def schema(n: int) -> dict:
     return {"type": "object", "properties": {"contents": {"type": "array", "items": pair,
                                                           "minItems": 1, "maxItems": n}},
             "required": ["contents"]}
-
-
-def seed_stream(train: list[dict], seed: int, cycle: int) -> Iterator[tuple[int, dict]]:
-    """(pass, row): train rows in a seeded order without replacement; a further pass reshuffles."""
-    rows = sorted(train, key=lambda r: r["id"])
-    for pass_no in range(1_000_000):
-        order = rows[:]
-        random.Random(f"{seed}:{cycle}:{pass_no}").shuffle(order)
-        for row in order:
-            yield pass_no, row
-
-
-def draw_seeds(train: list[dict], n: int, seed: int, cycle: int) -> list[dict]:
-    stream = seed_stream(train, seed, cycle)
-    return [next(stream)[1] for _ in range(min(n, len(train)))]
 
 
 def request_for(seed_row: dict, p, structured: bool, cycle: int, draw: int) -> Request:

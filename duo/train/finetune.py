@@ -121,11 +121,29 @@ def _publish(model, tokenizer, resolved: dict, out: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), log=click.echo) -> dict:
-    """Train a LoRA adapter on `rows`; write it (with chat template and resolved params) to `out`. With
-    validation rows, their loss is measured every checkpoint (every epoch without checkpoints); with
-    early_stopping_patience, training stops after that many evaluations without a lower loss and the
-    best evaluation's adapter is the one written."""
+def previous_adapter(folder: Path, cycle: int, p) -> tuple[Path | None, str]:
+    """With `finetune.init: previous`, the adapter the previous cycle left in `folder` (the paper's eq. 1:
+    cycle t continues from cycle t-1's model), if it is there and has the adapter's current shape;
+    else None. The reason, in words, either way."""
+    if p.init != "previous" or cycle < 1:
+        return None, "from the base model"
+    made = records.read_json(folder / "duo_params.json", default=None)
+    if not made or not (folder / "adapter_model.safetensors").exists():
+        return None, f"from the base model (finetune.init: previous, but {folder} holds no adapter)"
+    if made.get("cycle") != cycle - 1:
+        return None, (f"from the base model (finetune.init: previous, but {folder} is cycle "
+                      f"{made.get('cycle')}'s adapter, not cycle {cycle - 1}'s)")
+    if made.get("lora") != params_mod.as_dict(p.lora):
+        return None, "from the base model (finetune.init: previous, but finetune.lora changed since that adapter)"
+    return folder, f"from cycle {cycle - 1}'s adapter (finetune.init: previous)"
+
+
+def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), log=click.echo,
+          callbacks: list = (), init: Path | None = None, cycle: int = 0) -> dict:
+    """Train a LoRA adapter on `rows`, from fresh LoRA weights or those of the adapter in `init`; write it
+    (with chat template and resolved params) to `out`. With validation rows, their loss is measured every
+    checkpoint (every epoch without checkpoints); with early_stopping_patience, training stops after that
+    many evaluations without a lower loss and the best evaluation's adapter is the one written."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -170,7 +188,9 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=p.lora.dropout,
                       target_modules=linear_names(model) if adapted and p.lora.target_modules == "all-linear"
                       else p.lora.target_modules, task_type="CAUSAL_LM", layers_to_transform=adapted)
-    ckpt = checkpoints.Checkpoints.for_run(list(rows) + list(val), params_mod.as_dict(p), base, p.save_steps, log=log)
+    start_from = {"init_adapter": records.file_sha256(init / "adapter_model.safetensors")} if init else {}
+    ckpt = checkpoints.Checkpoints.for_run(list(rows) + list(val), params_mod.as_dict(p) | start_from, base,
+                                           p.save_steps, log=log)
     early = bool(val) and p.early_stopping_patience > 0
     evaluation = {}
     if val:
@@ -216,12 +236,18 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora, eval_dataset=Dataset.from_list(to_conversations(val)) if val else None,
-                         callbacks=[EarlyStoppingCallback(p.early_stopping_patience)] if early else None)
+                         callbacks=([EarlyStoppingCallback(p.early_stopping_patience)] if early else []) + list(callbacks))
     trainer.remove_callback(PrinterCallback)  # a dict per step is noise in a log; the curve is in train.json
     mode = "4-bit QLoRA" if quant else f"{precision} autocast" if precision != "fp32" else "fp32"
     log(f"finetune: {len(rows)} rows, LoRA r={r} alpha={alpha}, {mode} on {device}"
         f"{f' x {world} processes' if world > 1 else ''}, loss on "
         f"{'response only' if p.loss == 'completion' else 'whole sequence'}")
+    if init:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        # the previous cycle's LoRA weights in place of fresh ones; the optimizer and schedule start anew
+        set_peft_model_state_dict(trainer.model, load_file(init / "adapter_model.safetensors"))
     ckpt.attach(trainer)
     train_levers.cheap_dropout_masks(trainer.model)
     train_levers.trim_heap_each_forward(trainer.model)
@@ -241,7 +267,8 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     seconds = time.monotonic() - start
 
     if distributed.is_main():
-        resolved = params_mod.as_dict(p) | {"lora_r": r, "lora_alpha": alpha, "device": device, "processes": world,
+        resolved = params_mod.as_dict(p) | {"cycle": cycle, "init": "previous" if init else "base",
+                                            "lora_r": r, "lora_alpha": alpha, "device": device, "processes": world,
                                             "quantized_4bit": quant, "rows": len(rows), "micro_batch_size": micro}
         _publish(trainer.model, tokenizer, resolved, out)
         ckpt.clean()
@@ -277,5 +304,6 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         "precision": precision,
         "padding_free": padding_free,
         "lora_layers": p.lora.layers,
+        "init": "previous" if init else "base",
         "frozen_cache": cache_stats,
     }

@@ -1,0 +1,168 @@
+"""How the finetune defaults are chosen (`make bench SECTION=defaults`, asked for by name: hours on 2
+cores): each candidate setting trained with several seeds on the development data's train split and
+scored on its validation split only (never test): greedy answers of the model being trained, at every
+evaluation (each epoch), by the task score (exact match for short-answer tasks, ROUGE-L otherwise,
+averaged per task then over tasks; duo/evaluation/reference.py), beside the validation loss. Reports mean
+± sd over seeds per setting, and what early stopping on the validation loss would have kept.
+
+Runs are appended to .bench/defaults/runs.jsonl and skipped when already there (a killed sweep resumes).
+Run: python -m tests.bench defaults   (DUO_DEFAULTS="epochs2 epochs4" DUO_SEEDS="1 2 3" narrow it)
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests import devdata
+
+WORK = devdata.ROOT / ".bench" / "defaults"
+RUNS = WORK / "runs.jsonl"
+# candidate settings: dotted finetune keys over the shipped params
+SETTINGS = {
+    "epochs4": {"epochs": 4.0, "early_stopping_patience": 0},
+    "epochs3": {"epochs": 3.0, "early_stopping_patience": 0},
+    "epochs2": {"epochs": 2.0, "early_stopping_patience": 0},
+    "lr2e-4": {"epochs": 4.0, "lr": 2e-4, "early_stopping_patience": 0},
+}
+SEEDS = (1, 2, 3)
+
+
+def greedy_answers(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch: int = 8) -> list[str]:
+    """The model's greedy answer to each row's prompt (chat template, left-padded batches)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True,
+                                           tokenize=False) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(texts[i]))
+    answers: dict[int, str] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch):
+            chunk = order[start:start + batch]
+            enc = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                     top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+            for i, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+                answers[i] = tokenizer.decode(ids, skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return [answers[i] for i in range(len(rows))]
+
+
+def run_one(project: Path, name: str, seed: int) -> dict:
+    """One training of setting `name` with `seed` in `project`; the validation curve with task scores."""
+    import dataclasses
+
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from duo import contracts as c
+    from duo import params as params_mod
+    from duo.evaluation import reference
+    from duo.train import finetune
+
+    os.chdir(project)
+    params = params_mod.load()
+    p = dataclasses.replace(params.finetune, seed=seed, save_steps=0, **SETTINGS[name])
+    rows, _ = finetune.load_rows(c.TRAIN, 0)
+    val = c.read_rows(c.VAL)
+    metrics = reference.task_metrics(rows)
+    tokenizer = AutoTokenizer.from_pretrained(c.BASE)
+    points: list[dict] = []
+    scoring = [0.0]
+
+    class Score(TrainerCallback):
+        def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+            start = time.monotonic()
+            answers = greedy_answers(model, tokenizer, val)
+            preds = [{"prompt_id": r["id"], "task": r["task"], "reference": r["response"], "response": a}
+                     for r, a in zip(val, answers)]
+            scores = reference.prompt_scores(preds, metrics_by_task)
+            points.append({"step": state.global_step, "epoch": round(state.epoch or 0, 2),
+                           "eval_loss": round((metrics or {}).get("eval_loss", float("nan")), 4),
+                           **reference.task_score(scores)})
+            scoring[0] += time.monotonic() - start
+
+    metrics_by_task = metrics
+    out = project / "models" / f"adapter-{name}-{seed}"
+    result = finetune.train(rows, p, c.BASE, out, val=val, callbacks=[Score()])
+    return {"setting": name, "seed": seed, "rows": len(rows), "validation_rows": len(val), "steps": result["steps"],
+            "train_seconds": round(result["train_seconds"] - scoring[0], 1), "curve": points,
+            "final": points[-1] if points else None}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per setting: final task score (and per task) mean ± sd over seeds; and per seed, what early stopping
+    on the validation loss (patience 1 and 2 evaluations) would have kept."""
+    out = {}
+    for name in SETTINGS:
+        mine = [r for r in runs if r["setting"] == name and r["final"]]
+        if not mine:
+            continue
+        finals = [r["final"]["task_score"] for r in mine]
+        entry = {"seeds": [r["seed"] for r in mine], "task_score": finals,
+                 "mean": round(statistics.mean(finals), 2),
+                 "sd": round(statistics.stdev(finals), 2) if len(finals) > 1 else None,
+                 "train_seconds_mean": round(statistics.mean(r["train_seconds"] for r in mine), 1)}
+        tasks = sorted(mine[0]["final"]["by_task"])
+        entry["by_task_mean"] = {t: round(statistics.mean(r["final"]["by_task"][t]["score"] for r in mine), 2)
+                                 for t in tasks}
+        for patience in (1, 2):
+            kept = [_early_stop(r["curve"], patience)["task_score"] for r in mine]
+            entry[f"early_stopping_patience{patience}_mean"] = round(statistics.mean(kept), 2)
+        out[name] = entry
+    return out
+
+
+def _early_stop(curve: list[dict], patience: int) -> dict:
+    """The evaluation early stopping on the validation loss keeps: the best loss seen before `patience`
+    evaluations in a row failed to improve on it."""
+    best, waited = curve[0], 0
+    for point in curve[1:]:
+        if point["eval_loss"] < best["eval_loss"]:
+            best, waited = point, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return best
+
+
+def bench_defaults() -> dict:
+    WORK.mkdir(parents=True, exist_ok=True)
+    project = WORK / "project"
+    if not (project / "data" / "val.jsonl").exists():
+        devdata.project(project)
+    names = os.environ.get("DUO_DEFAULTS", " ".join(SETTINGS)).split()
+    seeds = [int(s) for s in os.environ.get("DUO_SEEDS", " ".join(map(str, SEEDS))).split()]
+    done = {(r["setting"], r["seed"]) for r in _runs()}
+    for name in names:
+        for seed in seeds:
+            if (name, seed) in done:
+                continue
+            print(f"defaults: {name} seed {seed}", flush=True)
+            proc = subprocess.run([sys.executable, "-m", "tests.bench_defaults", str(project), name, str(seed)],
+                                  cwd=devdata.ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"defaults {name} seed {seed} failed:\n{proc.stderr[-3000:]}")
+            with open(RUNS, "a") as fh:
+                fh.write(proc.stdout.strip().splitlines()[-1] + "\n")
+    return {"defaults.by_setting": summarise(_runs()), "defaults.note": "validation split of the development "
+            "data only; task score = mean over tasks of exact match (short answers) or ROUGE-L"}
+
+
+def _runs() -> list[dict]:
+    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()] if RUNS.exists() else []
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_one(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))
