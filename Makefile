@@ -23,7 +23,7 @@ help:
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the unit and fast tests (make test-all adds integration and slow)"
 	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
-	@echo "make bench     measured figures -> metrics/bench.json (SECTION=cycle|train|infer|service|curate|synth|serve|quality)"
+	@echo "make bench     measured figures -> metrics/bench.json (SECTION=cycle|train|infer|service|curate|synth|serve|quality|loop|defaults)"
 	@echo "make report    reports/cycle-<t>.html: scores, cost, break-even (opens offline)"
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"

@@ -70,7 +70,7 @@ def deliver(verdict: dict) -> Path:
         card = cached(card_md5)
         rel, where = _release_of(best, gguf_md5)
         note = (f"delivered as the best cycle on validation when the gate passed at cycle {cycle} "
-                f"(metrics of cycle {best}: {where})")
+                f"(metrics of cycle {best}: {where}; `dvc exp show` lists every cycle)")
         text = card.read_text(encoding="utf-8") if card else model_card.write(contracts.DIST / "MODEL_CARD.md", best)
         records.write_text(contracts.DIST / "MODEL_CARD.md", model_card.with_release(text, rel, note))
     records.copy_file(contracts.MODELFILE, contracts.DIST / "Modelfile")

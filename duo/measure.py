@@ -16,7 +16,7 @@ import click
 import yaml
 
 from duo import contracts as c
-from duo import export, local_llm
+from duo import export
 from duo import params as params_mod
 from duo.evaluation import reference
 from duo.train import finetune
@@ -57,27 +57,23 @@ def validation_nll(adapter: Path, rows: list[dict]) -> float:
     return round(total / count, 4)
 
 
-def score(params, adapter: Path, work: Path, max_tokens: int = 160) -> dict:
-    """Export `adapter` exactly as the pipeline does (every check) and answer each validation prompt
-    greedily from the GGUF: ROUGE-L and exact match, overall and per task; the validation loss per
-    response token."""
-    import llama_cpp
+def score(params, adapter: Path, work: Path, max_tokens: int = 160, rows: list[dict] | None = None) -> dict:
+    """Export `adapter` exactly as the pipeline does (every check) and answer each validation prompt (or
+    each of `rows`) greedily from the GGUF: ROUGE-L, exact match and the task score, overall and per
+    task, the loss per response token, and the predictions themselves."""
+    import dataclasses
 
-    val = c.read_rows(c.VAL)
+    from duo import inference
+
+    val = c.read_rows(c.VAL) if rows is None else rows
     nll = validation_nll(adapter, val)
     built, failures = export.build(params.export, export.model_label(), work / "export", adapter=adapter,
                                    references=c.VAL)
     if failures:
         raise click.ClickException("export checks failed:\n- " + "\n- ".join(failures))
-    llm = llama_cpp.Llama(str(work / "export" / "student.gguf"), n_ctx=2048, verbose=False, seed=0,
-                          **local_llm.load_kwargs(0))
-    preds = []
-    for row in val:
-        reply = llm.create_chat_completion([{"role": "user", "content": row["prompt"]}],
-                                           max_tokens=max_tokens, temperature=0.0)
-        preds.append({"task": row["task"], "reference": row["response"],
-                      "response": reply["choices"][0]["message"]["content"] or ""})
-    return {"validation_nll": nll, **reference.reference_metrics(preds)}
+    preds = inference.greedy(work / "export" / "student.gguf", val,
+                             dataclasses.replace(params.infer, max_tokens=max_tokens), 0)
+    return {"validation_nll": nll, **reference.reference_metrics(preds), "predictions": preds}
 
 
 def measure(params, max_tokens: int = 160) -> dict:
@@ -90,6 +86,7 @@ def measure(params, max_tokens: int = 160) -> dict:
         start = time.monotonic()
         train = finetune.train(rows, params.finetune, c.BASE, tmp / "adapter", val=val)
         scores = score(params, tmp / "adapter", tmp, max_tokens)
+        scores.pop("predictions")
     return {"train_seconds": train["train_seconds"], "tokens_per_s": train["tokens_per_s"],
             "train_loss": train["train_loss"], "steps": train["steps"], "epochs": train["epochs"],
             "best_validation_loss": train["best_validation_loss"], "best_step": train["best_step"],

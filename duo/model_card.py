@@ -214,7 +214,7 @@ def with_release(card: str, rel: dict | None, note: str = "") -> str:
     """An exported card with its release section filled in (the rest of the card as export wrote it)."""
     head, _, rest = card.partition("\n" + RELEASE)
     tail = rest[rest.find("\n## ", 1):] if "\n## " in rest[1:] else "\n"
-    lines = release_lines(rel) + ([f"- {note}"] if note else [])
+    lines = (release_lines(rel) if rel or not note else ["", RELEASE]) + ([f"- {note}"] if note else [])
     return head + "\n".join(lines) + tail
 
 

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 
-def plain(params) -> dict:
-    """The plain script, in the working directory of a project (models/base, data/train.jsonl, val)."""
+def plain(params, rows: list[dict] | None = None) -> dict:
+    """The plain script, in the working directory of a project (models/base, data/train.jsonl, val),
+    scored on the validation split (or on `rows`)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -59,7 +60,9 @@ def plain(params) -> dict:
         tok.save_pretrained(tmp / "adapter")
         (tmp / "adapter" / "chat_template.jinja").write_text(tok.chat_template, encoding="utf-8")
         evals = [round(h["eval_loss"], 4) for h in trainer.state.log_history if "eval_loss" in h]
-        scores = measure.score(params, tmp / "adapter", tmp)
+        scores = measure.score(params, tmp / "adapter", tmp, rows=rows)
+        if rows is None:
+            scores.pop("predictions")
     return {"train_seconds": round(seconds, 1), "train_loss": round(result.training_loss, 4),
             "steps": trainer.state.global_step, "validation_curve": evals,
             "best_validation_loss": min(evals, default=None), "final_validation_loss": evals[-1] if evals else None,

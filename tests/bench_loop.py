@@ -1,0 +1,158 @@
+"""Does the loop lift the student? (`make bench SECTION=loop`, asked for by name: about an hour on 2 cores)
+
+Three cycles of the real pipeline (`duo cycle`, DVC experiments, every stage) on the development data
+(tests/devdata.py: real tasks no one here wrote) with the capable stand-in teacher and judge
+(tests/capable_provider.py: synthesis answered with real held-out pairs of the seed's own data set),
+`synth.schedule: doubling`. Per cycle: the student's score on the test split by the metric each task
+calls for (exact match for short answers, ROUGE-L otherwise), greedy from the GGUF that ships (infer
+runs with k = 1, temperature 0), the mean over tasks, training seconds and rows; the paired bootstrap
+95% interval of (last cycle - cycle 0) over test prompts; and the same split trained by a plain TRL
+`SFTTrainer` script with the textbook recipe, scored the same way (`plain_trl_score`).
+
+DUO_LOOP_SET="finetune.init=previous synth.focus=failures" runs a variant (recorded under
+loop.variants.<name>, DUO_LOOP_NAME or the settings); the main keys describe the shipped defaults.
+Run: python -m tests.bench loop
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests import devdata
+
+WORK = devdata.ROOT / ".bench" / "loop"
+CYCLES = 3
+# the bench's own settings over the shipped params: what makes it a loop measurement, nothing tuned
+PARAMS = {
+    "synth": {"per_cycle": 64, "schedule": "doubling", "max_requests": 400, "pairs_per_request": 3},
+    "service": {"model": "openai/capable", "concurrency": 8},
+    "infer": {"k": 1, "temperature": 0.0},
+    "judge": {"m": 1},
+    "gate": {"threshold": 101, "max_cycles": CYCLES},  # never passes: every cycle runs
+}
+
+
+def _set(raw: dict, assignment: str) -> None:
+    key, _, value = assignment.partition("=")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+
+
+def _cycle_figures(project: Path, train_rows: list[dict]) -> tuple[dict, dict]:
+    from duo import records
+    from duo.evaluation import reference
+
+    preds = [obj for _, obj in records.iter_jsonl(project / "data" / "predictions.jsonl")]
+    scores = reference.prompt_scores(preds, reference.task_metrics(train_rows))
+    train = json.loads((project / "metrics" / "train.json").read_text())
+    synth = json.loads((project / "metrics" / "synth.json").read_text())
+    val = json.loads((project / "metrics" / "validation.json").read_text())
+    fig = {**reference.task_score(scores), "ci95": reference.bootstrap(scores), "train_seconds": train["train_seconds"],
+           "rows": train["rows"], "synth_rows": train["synth_rows"], "steps": train["steps"],
+           "init": train.get("init"), "synth_kept": synth.get("kept", 0), "synth_requests": synth.get("requests", 0),
+           "answers_tvd": {t: a.get("tvd") for t, a in (synth.get("answers") or {}).items()},
+           "validation_task_score": val.get("task_score")}
+    return fig, scores
+
+
+def run_loop(sets: list[str], name: str) -> dict:
+    from duo.evaluation import reference
+
+    project = WORK / name
+    params = {k: dict(v) for k, v in PARAMS.items()}
+    server = subprocess.Popen([sys.executable, "-m", "tests.capable_provider", str(devdata.folder())],
+                              cwd=devdata.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        params["service"]["api_base"] = server.stdout.readline().strip()
+        devdata.project(project, params, stages=())
+        if sets:
+            raw = yaml.safe_load((project / "params.yaml").read_text())
+            for assignment in sets:
+                _set(raw, assignment)
+            (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+            subprocess.run(["git", "commit", "-qam", f"variant {name}"], cwd=project, check=True,
+                           env={**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
+                                "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"})
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true",
+               "OPENAI_API_KEY": "bench-no-key"}
+        figures, per_prompt = [], []
+        log = WORK / f"{name}.log"
+        log.write_text("")
+        for t in range(CYCLES):
+            start = time.monotonic()
+            with open(log, "a") as fh:
+                proc = subprocess.run([sys.executable, "-m", "duo.cli", "cycle"], cwd=project, env=env, stdout=fh,
+                                      stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"loop {name}: cycle {t} failed; see {log}:\n{log.read_text()[-3000:]}")
+            from duo import records
+
+            train_rows = [obj for _, obj in records.iter_jsonl(project / "data" / "train.jsonl")]
+            fig, scores = _cycle_figures(project, train_rows)
+            figures.append({"cycle": t, "wall_seconds": round(time.monotonic() - start, 1), **fig})
+            per_prompt.append(scores)
+            print(f"loop {name}: cycle {t}: task score {fig['task_score']} {fig['by_task']}", flush=True)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    lift = reference.bootstrap(per_prompt[-1], per_prompt[0])
+    return {"score_by_cycle": figures, "lift": round(figures[-1]["task_score"] - figures[0]["task_score"], 2),
+            "lift_ci": lift, "sets": sets, "test_prompts": len(per_prompt[0]),
+            "seconds": round(sum(f["wall_seconds"] for f in figures), 1)}
+
+
+def plain_trl(project: Path) -> dict:
+    """The plain TRL recipe on cycle 0's split of `project`, scored on its test split like the loop."""
+    proc = subprocess.run([sys.executable, "-m", "tests.bench_loop", "plain", str(project)], cwd=devdata.ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain TRL failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _plain_child(project: Path) -> dict:
+    from duo import contracts as c
+    from duo import params as params_mod
+    from duo.evaluation import reference
+    from tests import bench_quality
+
+    os.chdir(project)
+    params = params_mod.load()
+    got = bench_quality.plain(params, rows=c.read_rows(c.TEST))
+    scores = reference.prompt_scores(got.pop("predictions"), reference.task_metrics(c.read_rows(c.TRAIN)))
+    return {**reference.task_score(scores), "ci95": reference.bootstrap(scores), "train_seconds": got["train_seconds"],
+            "steps": got["steps"]}
+
+
+def bench_loop() -> dict:
+    WORK.mkdir(parents=True, exist_ok=True)
+    sets = os.environ.get("DUO_LOOP_SET", "").split()
+    name = os.environ.get("DUO_LOOP_NAME") or ("defaults" if not sets else "_".join(
+        s.replace("=", "-").split(".")[-1] for s in sets))
+    got = run_loop(sets, name)
+    if sets:
+        from duo import records
+        from tests.bench import OUT
+
+        variants = (records.read_json(OUT, default={}) or {}).get("loop.variants") or {}
+        return {"loop.variants": {**variants, name: got}}
+    plain = plain_trl(WORK / name)
+    return {"loop.score_by_cycle": got["score_by_cycle"], "loop.lift": got["lift"], "loop.lift_ci": got["lift_ci"],
+            "loop.plain_trl_score": plain["task_score"], "loop.plain_trl": plain,
+            "loop.cycle0_minus_plain": round(got["score_by_cycle"][0]["task_score"] - plain["task_score"], 2),
+            "loop.test_prompts": got["test_prompts"], "loop.params": PARAMS | {"service": {"model": "openai/capable"}},
+            "loop.seconds": got["seconds"]}
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "plain":
+        print(json.dumps(_plain_child(Path(sys.argv[2]))))
