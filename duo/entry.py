@@ -16,9 +16,19 @@ _DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exce
                    "os error 27", "file write failed")
 
 
+# The libraries' own progress bars (datasets' map, transformers' weight loading) go to a log or CI as a
+# line per update: only on a terminal, as duo's own (duo/progress.py).
+QUIET = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
 def environment() -> None:
+    from duo import progress
+
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
+    if not progress.enabled():
+        for key, value in QUIET.items():
+            os.environ.setdefault(key, value)
 
 
 def _disk_full_hook(kind, exc, tb, _default=sys.excepthook):
