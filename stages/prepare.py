@@ -24,9 +24,9 @@ def main(params_path: str) -> None:
     # Validate everything first, keeping only (id, task, offset) per row: memory stays bounded by the
     # row count, not the file size; rows are then copied over in split order.
     # The same prompt (normalised) under several ids stays on one side of every split.
-    rows = [{"id": obj["id"], "task": obj["task"], "at": at, "line": line, "key": text.key(obj["prompt"])}
-            for line, at, obj in records.iter_records(p.path, contracts.ROW_FIELDS, unique="id",
-                                                      max_bytes=p.max_record_bytes, what="coverage.max_record_bytes")]
+    rows = [{"id": obj["id"], "task": obj["task"], "at": at, "key": text.key(obj["prompt"])}
+            for _, at, obj in records.iter_records(p.path, contracts.ROW_FIELDS, unique="id",
+                                                   max_bytes=p.max_record_bytes, what="coverage.max_record_bytes")]
     train, val, test, joined = splits.split_by_prompt(rows, p.train_ratio, p.seed, params.finetune.validation_ratio,
                                                       p.path)
     for path, part in ((contracts.TRAIN, train), (contracts.VAL, val), (contracts.TEST, test)):
