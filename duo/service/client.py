@@ -38,7 +38,7 @@ from duo.service import errors
 from duo.service.budget import Allowance
 from duo.service.calls import Reply, Request, Stats
 from duo.service.errors import ServiceFatal, ServiceStop
-from duo.service.journal import Journal, journal_dir
+from duo.service.journal import Journal
 from duo.service.limits import RateLimiter
 
 log = logging.getLogger("duo.service")

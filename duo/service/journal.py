@@ -154,17 +154,18 @@ class Ledger:
 
     def __init__(self, directory: str | Path | None = None):
         self.directory = Path(directory or journal_dir())
-        self._read: dict[Path, tuple[int, Spend]] = {}  # journal -> (offset summed to, spend)
+        self._read: dict[Path, tuple[int, int, Spend]] = {}  # journal -> (inode, offset summed to, spend)
         self._saved: dict[Path, int] = {}
 
     def spend(self) -> Spend:
         total = Spend()
         for path in sorted(self.directory.glob("*.jsonl")) if self.directory.exists() else []:
-            start, spend = self._read.get(path) or self._sidecar(path)
-            if start > path.stat().st_size:  # replaced by a shorter file: sum it again
+            stat = path.stat()
+            inode, start, spend = self._read.get(path) or (stat.st_ino, *self._sidecar(path))
+            if inode != stat.st_ino or start > stat.st_size:  # another file now: sum it again
                 start, spend = 0, Spend()
             end = _scan(path, start, lambda _, rec: spend.add(rec.get("cycle"), rec.get("cost_usd")))
-            self._read[path] = (end, spend)
+            self._read[path] = (stat.st_ino, end, spend)
             total.merge(spend)
         return total
 
@@ -178,7 +179,7 @@ class Ledger:
 
     def save(self) -> None:
         """Write the sidecars of journals read further than their sidecar says."""
-        for path, (end, spend) in self._read.items():
+        for path, (_, end, spend) in self._read.items():
             if end != self._saved.get(path):
                 records.write_json(_sidecar(path), spend.as_json(end))
                 self._saved[path] = end
