@@ -27,14 +27,13 @@ import contextlib
 import logging
 import os
 import random
-import threading
 from collections import deque
 from typing import Callable, Iterable
 
 import click
 
 from duo import local_llm, models
-from duo.service import errors
+from duo.service import call_loop, errors
 from duo.service.budget import Allowance
 from duo.service.calls import Reply, Request, Stats
 from duo.service.errors import ServiceFatal, ServiceStop
@@ -108,21 +107,10 @@ class Service:
         if self.journal_name:
             self.journal = Journal(self.journal_name)
             self._stack.callback(self.journal.close)
-        self._loop = asyncio.new_event_loop()
         self._sem, self._opened = asyncio.Semaphore(self.concurrency), asyncio.Event()
         if self.purse:
-            self.purse.freed = asyncio.Event()  # made here: it belongs to the loop below
-        thread = threading.Thread(target=self._loop.run_forever, name="duo-service", daemon=True)
-        thread.start()
-
-        def stop_loop():
-            self.cancel_all()
-            asyncio.run_coroutine_threadsafe(_cancel_tasks(), self._loop).result(timeout=30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            thread.join()
-            self._loop.close()
-
-        self._stack.callback(stop_loop)
+            self.purse.freed = asyncio.Event()  # bound to the call loop on first use
+        self._loop = self._stack.enter_context(call_loop.running(self.cancel_all))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -367,23 +355,6 @@ class Service:
                 cost, self._priced = None, False
         return Reply(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                      completion_tokens=getattr(usage, "completion_tokens", 0) or 0, cost_usd=cost)
-
-
-async def _cancel_tasks() -> None:
-    """What asyncio.run does before closing its loop: cancel and await every task still there, so none
-    is destroyed pending. litellm's own bookkeeping (its logging worker, which e.g. fetches a finished
-    batch's output to price it) gets a few seconds to finish first."""
-    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
-
-    try:
-        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=5)
-    except Exception:  # its bookkeeping only; ours is journaled
-        pass
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 def from_params(p, model_override: str | None = None, journal: str | None = None, cycle: int = 0) -> Service:
