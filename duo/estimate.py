@@ -105,8 +105,8 @@ def synthesis(params, t: int, train: list[dict], last: dict | None) -> Part | No
     p = params.synth
     if t < 1:
         return None
-    spec = p.model or params.service.model
-    model = "openai/local" if _local(spec) else _model(spec)
+    name = _model(p.model or params.service.model)
+    key_model = "openai/local" if _local(name) else name  # the model string a Service keys requests with
     target = generate.target_rows(p, t)
     rate = (last or {}).get("kept_per_request") or p.pairs_per_request
     if target:
@@ -114,12 +114,12 @@ def synthesis(params, t: int, train: list[dict], last: dict | None) -> Part | No
     else:
         calls = most = min(p.seeds_per_cycle, len(train), p.max_requests)
     stream = teacher.seed_stream(train, p.seed, t)
-    reqs: list[Request] = [teacher.request_for(next(stream)[1], p, _local(spec), t, draw) for draw in range(most)]
-    done = _journaled("synth") if not _local(spec) else set()
-    replayed = sum(hash(r.key(model)) in done for r in reqs)
+    reqs: list[Request] = [teacher.request_for(next(stream)[1], p, _local(name), t, draw) for draw in range(most)]
+    done = _journaled("synth") if not _local(name) else set()
+    replayed = sum(hash(r.key(key_model)) in done for r in reqs)
     mean = _mean_reply((last or {}).get("service"))
-    return Part("synthesis", spec, max(0, calls - replayed), max(0, most - replayed), replayed,
-                _tokens(spec, [r.messages for r in reqs[:max(1, calls)]]), mean or p.max_tokens, p.max_tokens)
+    return Part("synthesis", name, max(0, calls - replayed), max(0, most - replayed), replayed,
+                _tokens(name, [r.messages for r in reqs[:max(1, calls)]]), mean or p.max_tokens, p.max_tokens)
 
 
 def judging(params, test: list[dict], last: dict | None) -> list[Part]:
@@ -131,14 +131,14 @@ def judging(params, test: list[dict], last: dict | None) -> list[Part]:
     parts = []
     teacher_rows = len(test) if j.mode == "single" and j.pmatch else 0
     if teacher_rows:
-        spec = params.synth.model or params.service.model
-        model = "openai/local" if _local(spec) else _model(spec)
+        name = _model(params.synth.model or params.service.model)
         reqs = [Request(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=params.infer.max_tokens,
-                        temperature=0.0, seed=params.infer.seed) for r in test]
-        done = _journaled("teacher") if not _local(spec) else set()
-        replayed = sum(hash(r.key(model)) in done for r in reqs)
-        parts.append(Part("P-Match teacher answers", spec, teacher_rows - replayed, teacher_rows - replayed, replayed,
-                          _tokens(spec, [r.messages for r in reqs]),
+                        temperature=0.0, seed=params.infer.seed) for r in test]  # as judging.teacher_answers
+        done = _journaled("teacher") if not _local(name) else set()
+        replayed = sum(hash(r.key("openai/local" if _local(name) else name)) in done for r in reqs)
+        paid = teacher_rows - replayed
+        parts.append(Part("P-Match teacher answers", name, paid, paid, replayed,
+                          _tokens(name, [r.messages for r in reqs]),
                           _mean_reply(stats.get("teacher")) or params.infer.max_tokens, params.infer.max_tokens))
     per_response = j.m * (2 if j.mode == "pairwise" else 1)
     calls = (len(test) * k + teacher_rows) * per_response
@@ -149,7 +149,7 @@ def judging(params, test: list[dict], last: dict | None) -> list[Part]:
             messages = [asking.pairwise_request(pred, True, 0, 0, j, _local(name)).messages for pred in stand_in]
         else:
             messages = [asking.judge_request(pred, 0, 0, j, _local(name)).messages for pred in stand_in]
-        parts.append(Part(f"judge {name}", name, calls, calls, 0, _tokens(name, messages),
+        parts.append(Part(f"judge {name}", _model(name), calls, calls, 0, _tokens(_model(name), messages),
                           _mean_reply(stats.get(name)) or j.max_tokens, j.max_tokens))
     return parts
 
@@ -235,7 +235,8 @@ def render(f: dict) -> str:
             return "?" if x is None else f"{x:.4f}"
 
         rows.append(f"{p['role'][:28]:28} {p['calls']:>7} {p['max_calls']:>7} {p['replayed']:>8} "
-                    f"{p['prompt_tokens']:>11.0f} {p['completion_tokens']:>10} {usd(p['usd']):>10} {usd(p['usd_max']):>10}")
+                    f"{p['prompt_tokens']:>11.0f} {p['completion_tokens']:>10} {usd(p['usd']):>10} "
+                    f"{usd(p['usd_max']):>10}")
     return "\n".join(rows + [summary(f)])
 
 

@@ -145,7 +145,8 @@ def test_prepare_keeps_repeated_prompts_out_of_test_and_says_so(tmp_path, monkey
     result = _run(tmp_path, monkeypatch, "".join(json.dumps(r) + "\n" for r in data))
     assert result.exit_code == 0, result.output
     assert f"({len(data) - 144} rows repeat an earlier id's prompt: kept on its side)" in result.output
-    parts = {name: records.read_records(f"data/{name}.jsonl", contracts.ROW_FIELDS) for name in ("train", "val", "test")}
+    parts = {name: records.read_records(f"data/{name}.jsonl", contracts.ROW_FIELDS)
+             for name in ("train", "val", "test")}
     keys = {name: {text.key(r["prompt"]) for r in part} for name, part in parts.items()}
     assert not keys["test"] & (keys["train"] | keys["val"]) and not keys["train"] & keys["val"]
     assert sum(map(len, parts.values())) == len(data)

@@ -18,7 +18,7 @@ SYNTH = [  # cycle 1's kept pairs, curated against the test split of their day
      "response": "It is the Neckar.", "seed_id": "r1", "cycle": 1},                       # a held-out prompt now
     {"id": "syn-c1-d0-1", "task": "qa", "prompt": "Name a river in Germany.",
      "response": "For instance the Neckar river flows through the old town of Heidelberg, joining the Rhine at "
-                 "Mannheim, as many visitors know.", "seed_id": "r1", "cycle": 1},            # 13 words of a test answer
+                 "Mannheim, as many visitors know.", "seed_id": "r1", "cycle": 1},  # 13 words of a test answer
     {"id": "syn-c1-d1-0", "task": "qa", "prompt": "What do you get when you mix red and white paint?",
      "response": "Pink.", "seed_id": "r2", "cycle": 1},                                   # clean
     {"id": "syn-c1-d1-1", "task": "qa", "prompt": "What colour do you get when you mix blue and yellow paint together?",
