@@ -1,6 +1,6 @@
 """duo: migrate one task's skill from a service LLM into a small local GGUF model.
 
-Every entry point is here: cycle, converge, serve, report, bench, status, chat, import, curate, measure.
+Every entry point is here: cycle, converge, estimate, serve, report, bench, status, chat, import, curate, measure.
 Run: duo -h
 """
 from __future__ import annotations
@@ -26,6 +26,25 @@ def main() -> None:
     from duo import entry
 
     entry.process()
+
+
+@main.command("estimate")
+@click.option("--cycle", "cycle_no", type=click.IntRange(min=0),
+              help="The cycle to forecast (default: the one `make cycle` runs next).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+def estimate_cmd(cycle_no: int | None, as_json: bool, params_path: str) -> None:
+    """What a cycle's synthesis and judging calls will cost before any is paid: calls, tokens, dollars
+    at litellm's prices (batch prices with service.batch), and whether service.budget_usd and
+    service.budget_total_usd cover it. Nothing is called."""
+    from duo import estimate
+
+    t = estimate.next_cycle(params_path) if cycle_no is None else cycle_no
+    if t is None:
+        click.echo("estimate: nothing to pay: the gate passed or gate.max_cycles is reached (duo status)")
+        return
+    forecast = estimate.forecast(t, params_path)
+    click.echo(json.dumps(forecast, indent=2) if as_json else estimate.render(forecast))
 
 
 @main.command("status")

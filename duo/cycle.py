@@ -16,7 +16,7 @@ import time
 
 import click
 
-from duo import contracts, delivery, gate
+from duo import contracts, delivery, estimate, gate
 from duo import params as params_mod
 from duo import records
 
@@ -52,6 +52,7 @@ def _check_git() -> None:
 
 
 def run_cycle(t: int) -> None:
+    click.echo(estimate.line(t))  # what the cycle's service calls will cost, before the first is paid
     names = exp_names()
     name, n = f"cycle-{t}", 2
     while name in names:  # a rerun of the same cycle (inputs changed) gets its own row

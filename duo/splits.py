@@ -47,3 +47,47 @@ def split(rows: list[dict], train_ratio: float, seed: int, validation_ratio: flo
         val.extend(rest[:n_val])
         train.extend(rest[n_val:])
     return train, val, test
+
+
+def split_by_prompt(rows: list[dict], train_ratio: float, seed: int, validation_ratio: float = 0.0,
+                    validation_min_rows: int = 0, path: str = "coverage"
+                    ) -> tuple[list[dict], list[dict], list[dict], int]:
+    """`split`, with each prompt on one side: rows whose prompts are equal once normalised (their
+    `key`, duo.text.key) are one unit, drawn under their smallest id, and follow it to train,
+    validation or test; without such rows this is `split` exactly. The same prompt under two tasks is
+    refused with both lines (a row's `line`, else counted up to its byte offset `at` in `path`): which
+    task it is cannot be guessed. Returns (train, validation, test, rows that went where an earlier id
+    of their prompt went). Memory: two sorted lists of references, and lists for repeats only."""
+    by_key = sorted(sorted(rows, key=lambda r: r["id"]), key=lambda r: r["key"])  # stable: smallest id first
+    heads, joined = [], {}  # joined: head id -> the other rows of its prompt
+    for i, row in enumerate(by_key):
+        if i and by_key[i - 1]["key"] == row["key"]:
+            head = heads[-1]
+            if head["task"] != row["task"]:
+                (n1, one), (n2, two) = sorted([(_line(path, head), head), (_line(path, row), row)],
+                                              key=lambda pair: pair[0])
+                raise click.ClickException(
+                    f"{path}:{n2}: the same prompt as line {n1} under another task ('{two['task']}' vs "
+                    f"'{one['task']}'): give both rows one task, or drop one")
+            joined.setdefault(head["id"], []).append(row)
+        else:
+            heads.append(row)
+    del by_key
+    if not joined:
+        return (*split(heads, train_ratio, seed, validation_ratio, validation_min_rows), 0)
+    for task in sorted({r["task"] for r in rows}):
+        if sum(h["task"] == task for h in heads) < 2 <= sum(r["task"] == task for r in rows):
+            lines = sorted(_line(path, r) for r in rows if r["task"] == task)
+            raise click.ClickException(
+                f"{path}:{lines[0]}: task '{task}' has {len(lines)} rows but one prompt (lines "
+                f"{', '.join(map(str, lines[:5]))}): train and test need a distinct prompt each")
+    parts = split(heads, train_ratio, seed, validation_ratio, validation_min_rows)
+    train, val, test = ([m for head in part for m in (head, *joined.get(head["id"], ()))] for part in parts)
+    return train, val, test, len(rows) - len(heads)
+
+
+def _line(path: str, row: dict) -> int:
+    if "line" in row:
+        return row["line"]
+    with open(path, "rb") as fh:  # an error message's line: read up to the row once
+        return fh.read(row["at"]).count(b"\n") + 1

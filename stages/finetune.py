@@ -1,7 +1,8 @@
 """finetune: LoRA (QLoRA on a GPU) on train ∪ every synthetic file so far (duo/train/finetune.py), with
-the validation split for early stopping.
+the validation split for early stopping. Synthetic rows that overlap test or validation as split now
+(a re-split can move rows there) are left out and counted (`synth_contaminated` in metrics/train.json).
 
-Run: python -m stages.finetune   (reads models/base, data/{train,val}.jsonl, data/synth/; writes
+Run: python -m stages.finetune   (reads models/base, data/{train,val,test}.jsonl, data/synth/; writes
 models/adapter/ and metrics/train.json)
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from duo import entry
 from duo import contracts as c
 from duo import params as params_mod
 from duo import progress, records
+from duo.synth import curate
 from duo.train import distributed, finetune
 
 
@@ -23,8 +25,11 @@ def main(params_path: str) -> None:
     if p.processes > 1 and not distributed.launched():  # this main again, once per process
         distributed.launch("stages.finetune", ["--params", params_path], p.processes, p.accelerate_config, p.threads)
         return
-    rows, n_synth = finetune.load_rows(c.TRAIN, params.cycle)
+    rows, n_synth = finetune.load_rows(c.TRAIN, params.cycle)  # train rows, then the synthetic ones
     val = c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else []
+    test = c.read_rows(c.TEST, allow_empty=True) if c.TEST.exists() else []
+    synth, contaminated = curate.decontaminate(rows[len(rows) - n_synth:], test + val, params.curate.decontam_ngram)
+    rows, n_synth = rows[:len(rows) - n_synth] + synth, len(synth)
     if not c.BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{c.BASE} holds no model: run the base stage first (dvc repro base)")
     init, said = finetune.previous_adapter(c.ADAPTER, params.cycle, p)
@@ -32,9 +37,12 @@ def main(params_path: str) -> None:
     metrics = finetune.train(rows, p, c.BASE, c.ADAPTER, val=val, init=init, cycle=params.cycle)
     if not distributed.is_main():
         return
-    metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth}
+    metrics |= {"cycle": params.cycle, "train_rows": len(rows) - n_synth, "synth_rows": n_synth,
+                "synth_contaminated": sum(contaminated.values()),
+                "synth_contaminated_by": dict(sorted(contaminated.items()))}
     records.write_json(c.TRAIN_METRICS, metrics)
-    progress.summary("finetune", f"{len(rows)} rows ({n_synth} synthetic), {metrics['steps']} steps, loss "
+    left = f", {sum(contaminated.values())} left out: overlap test/validation" if contaminated else ""
+    progress.summary("finetune", f"{len(rows)} rows ({n_synth} synthetic{left}), {metrics['steps']} steps, loss "
                      f"{metrics['train_loss']}, {metrics['tokens_per_s']} tokens/s -> {c.ADAPTER}")
 
 

@@ -53,7 +53,7 @@ def main(params_path: str) -> None:
                      f"(removed: {metrics['removed'] or 'none'}){warn} -> {c.synth_file(cycle)}")
     if not result.kept:
         raise click.ClickException("synthesize: no usable pair survived; check the teacher (service.model / "
-                                   f"synth.model), {c.rejected_file(cycle)} and {service.JOURNAL_DIR}/synth.jsonl")
+                                   f"synth.model), {c.rejected_file(cycle)} and {service.journal_dir()}/synth.jsonl")
 
 
 if __name__ == "__main__":

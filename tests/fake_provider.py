@@ -22,6 +22,7 @@ class FakeProvider:
         self.in_flight = 0
         self.arrivals: list[int] = []  # calls in flight (this one included) as each call arrived
         self.spans: list[tuple[float, float]] = []  # (start, end) of each call, monotonic clock
+        # usage of every reply: a dict, or a function of the request body (e.g. real token counts)
         self.usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         # batches: id -> {"input": [lines], "status", "polls", "output_file_id"}; files: id -> bytes
         self.files: dict[str, bytes] = {}
@@ -96,7 +97,7 @@ class FakeProvider:
                          "model": body.get("model", "fake"),
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": text}}],
-                         "usage": dict(self.usage)}, extra
+                         "usage": self.usage(body) if callable(self.usage) else dict(self.usage)}, extra
         finally:
             with self.lock:
                 self.in_flight -= 1

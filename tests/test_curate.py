@@ -170,13 +170,48 @@ def test_auto_bounds_fit_the_users_own_data():
     train = _headline_rows("s", HEADLINES[:2])
     new = _headline_rows("n", HEADLINES[2:]) + [row("short", "Summarize: rain today.", "Rain.", "summarization")]
     limits = filters.derive(train, Curate())
-    assert 15 <= limits["summarization"].min_passage <= 17  # half the shortest seed passage (32-33 words)
+    assert limits["summarization"].min_passage == 13  # half the shorter seed passage (26 words)
     kept, removed, _ = curate.curate(new, train, [], Curate(), thresholds=limits)
     assert [r["id"] for r in kept] == ["n0"]
     assert {r["id"]: r["reason"] for r in removed} == {"short": "instruction_too_short"}
     fixed = filters.derive(train, Curate(**FIXED))
     _, removed, _ = curate.curate(new[:1], train, [], Curate(**FIXED), thresholds=fixed)
     assert [r["reason"] for r in removed] == ["no_passage_to_summarize"]
+
+
+def test_the_passage_filter_fires_under_auto_bounds():
+    """Bounded like the whole instruction and checked after it, the auto passage rule never fired: an
+    instruction long enough but with an empty passage now is `no_passage_to_summarize`, while real
+    one-sentence passages (the seeds' own form) pass."""
+    train = _headline_rows("s", HEADLINES[:2])
+    limits = filters.derive(train, Curate())
+    empty = [row("colon", "Summarize the following news item as a headline, keeping the names of every place "
+                          "and person exactly as they are written in it:", "Council extends night buses",
+                 "summarization"),
+             row("alone", "Summarize the news item about the night bus service as a short headline that a busy "
+                          "commuter could read at a glance", "Night buses extended", "summarization")]
+    one_sentence = _headline_rows("n", HEADLINES[2:])
+    kept, removed, _ = curate.curate(one_sentence + empty, train, [], Curate(), thresholds=limits)
+    assert [r["id"] for r in kept] == ["n0"]
+    assert {r["id"]: r["reason"] for r in removed} == {"colon": "no_passage_to_summarize",
+                                                      "alone": "no_passage_to_summarize"}
+    for r in empty:
+        assert len(filters.words(r["prompt"])) >= limits["summarization"].min_instruction, "long enough to reach it"
+
+
+def test_the_sample_datas_own_summaries_pass_their_derived_passage_bound():
+    from tests.conftest import ROOT
+
+    rows = [json.loads(x) for x in (ROOT / "data" / "coverage.jsonl").read_text().splitlines()]
+    summaries = [r for r in rows if r["task"] == "summarization"]
+    limits = filters.derive(summaries, Curate())["summarization"]
+    assert 50 <= limits.min_passage < limits.min_instruction  # multi-sentence passages of 108-148 words
+    directive, passage = summaries[0]["prompt"].split("\n\n", 1)  # "Summarize ... in one sentence.\n\n<passage>"
+    assert filters.passage_words(directive + "\n\n") == 0
+    assert filters.passage_words(summaries[0]["prompt"]) >= len(filters.words(passage))
+    for r in summaries:
+        wi, wr = filters.words(r["prompt"]), filters.words(r["response"])
+        assert filters.quality_reason(r, limits, Curate(), wi, wr) is None, r["id"]
 
 
 def test_derived_bounds_per_task_and_overrides():

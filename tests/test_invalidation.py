@@ -34,8 +34,10 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("duo/export/checks.py", {"export"}),
     ("duo/train/checkpoints.py", {"finetune"}),
     ("duo/train/frozen_layers.py", {"finetune"}),
-    ("duo/synth/curate.py", {"synthesize"}),
+    ("duo/synth/curate.py", {"synthesize", "finetune"}),  # finetune checks earlier synthetic rows again
+    ("duo/text.py", {"prepare", "synthesize", "finetune"}),
     ("duo/service/journal.py", {"synthesize", "evaluate"}),
+    ("duo/service/budget.py", {"synthesize", "evaluate"}),
     ("duo/replies.py", {"synthesize", "evaluate"}),
     ("duo/evaluation/scores.py", {"evaluate"}),
     ("duo/progress.py", {"base", "prepare", "synthesize", "finetune", "export", "infer", "evaluate", "gate"}),
@@ -44,6 +46,7 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("params:coverage.seed", {"prepare"}),
     ("params:finetune.validation_ratio", {"prepare", "finetune"}),
     ("params:curate.shingle", {"synthesize"}),
+    ("params:curate.decontam_ngram", {"synthesize", "finetune"}),
     ("params:synth.temperature", {"synthesize"}),
     ("params:synth.model", {"synthesize", "evaluate"}),  # the teacher also answers for P-Match
     ("params:service.timeout_s", {"synthesize", "evaluate"}),

@@ -91,6 +91,8 @@ def cycle0(repo):
 
 def test_cycle0_runs_every_stage_and_writes_its_outputs(repo, cycle0):
     assert "verdict: cycle 0" in cycle0
+    # the forecast comes before the first stage (the service is the local model here: free)
+    assert cycle0.index("estimate: cycle 0: P-Match teacher answers 4, judge local") < cycle0.index("cycle: running")
     base = repo / "models" / "base"
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "provenance.json"} <= \
         {p.name for p in base.iterdir()}

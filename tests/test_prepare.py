@@ -87,3 +87,66 @@ def test_cli_bad_input_is_a_clean_error(tmp_path, monkeypatch, coverage, message
 def test_cli_unknown_params_key_is_named(tmp_path, monkeypatch):
     result = _run(tmp_path, monkeypatch, "", {"coverage": {"ratio": 0.5}})
     assert result.exit_code == 1 and "unknown key 'coverage.ratio'" in result.output
+
+
+# -- the same prompt under several ids stays on one side (issue 28) ------------------------------
+def keyed(data):
+    from duo import text
+
+    return [dict(r, line=n, key=text.key(r["prompt"])) for n, r in enumerate(data, 1)]
+
+
+def test_without_repeated_prompts_the_grouped_split_is_the_split():
+    data = rows({"a": 40, "b": 10, "c": 3})
+    plain = splits.split(data, 0.8, seed=7, validation_ratio=0.25)
+    *grouped, joined = splits.split_by_prompt(keyed(data), 0.8, seed=7, validation_ratio=0.25)
+    assert joined == 0 and [[r["id"] for r in part] for part in grouped] == [[r["id"] for r in p] for p in plain]
+
+
+def test_a_prompt_under_several_ids_lands_on_one_side_for_every_seed():
+    data = rows({"a": 30, "b": 12})
+    copies = [dict(r, id=f"{r['id']}-copy{k}", prompt=form.format(r["prompt"].upper()), response=f"other {k}")
+              for r in data[::3] for k, form in enumerate(("  {}  ", "{}!", "{}"))]
+    separated = 0
+    for seed in range(40):
+        sides = {}
+        for side, part in zip("tvs", splits.split(data + copies, 0.8, seed, 0.2)):
+            for r in part:
+                sides.setdefault(r["id"].split("-copy")[0], set()).add(side)
+        separated += any(len(s) > 1 for s in sides.values())
+        *parts, joined = splits.split_by_prompt(keyed(data + copies), 0.8, seed, 0.2)
+        assert joined == len(copies)
+        sides = {}
+        for side, part in zip("tvs", parts):
+            for r in part:
+                sides.setdefault(r["id"].split("-copy")[0], set()).add(side)
+        assert all(len(s) == 1 for s in sides.values()), seed
+        assert sum(map(len, parts)) == len(data) + len(copies)
+    assert separated > 30, "the split by id alone puts copies of a prompt on both sides"
+
+
+def test_a_prompt_under_two_tasks_or_a_task_of_one_prompt_is_refused_with_its_line(tmp_path, monkeypatch):
+    data = rows({"a": 5, "b": 5})
+    data.append(dict(data[1], id="dup", task="b", prompt=data[1]["prompt"].upper()))
+    result = _run(tmp_path, monkeypatch, "".join(json.dumps(r) + "\n" for r in data))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "data/coverage.jsonl:11: the same prompt as line 2 under another task ('b' vs 'a')" in result.output
+    same = [{"id": f"s{i}", "task": "s", "prompt": "Say hi.", "response": f"hi {i}"} for i in range(3)]
+    result = _run(tmp_path, monkeypatch, "".join(json.dumps(r) + "\n" for r in rows({"a": 5}) + same))
+    assert result.exit_code == 1 and "data/coverage.jsonl:6: task 's' has 3 rows but one prompt" in result.output
+
+
+def test_prepare_keeps_repeated_prompts_out_of_test_and_says_so(tmp_path, monkeypatch):
+    from duo import text
+
+    data = [json.loads(x) for x in (ROOT / "data" / "coverage.jsonl").read_text().splitlines()]
+    data += [dict(r, id=f"{r['id']}-again", prompt=r["prompt"].lower() + " ", response="another answer")
+             for r in data[::4]]
+    result = _run(tmp_path, monkeypatch, "".join(json.dumps(r) + "\n" for r in data))
+    assert result.exit_code == 0, result.output
+    assert f"({len(data) - 144} rows repeat an earlier id's prompt: kept on its side)" in result.output
+    parts = {name: records.read_records(f"data/{name}.jsonl", contracts.ROW_FIELDS)
+             for name in ("train", "val", "test")}
+    keys = {name: {text.key(r["prompt"]) for r in part} for name, part in parts.items()}
+    assert not keys["test"] & (keys["train"] | keys["val"]) and not keys["train"] & keys["val"]
+    assert sum(map(len, parts.values())) == len(data)

@@ -190,15 +190,22 @@ def test_requests_per_minute_limit(provider, monkeypatch):
     assert clock[0] >= 60.0, "the third request waited for the one-minute window"
 
 
-def test_budget_cap_stops_before_the_next_call(provider):
+def test_budget_cap_stops_before_a_call_that_could_pass_it(provider):
     provider.default = (200, "ok", {})
-    # gpt-4o has a price in litellm's bundled table; the fake echoes the model name.
-    with make(provider, model="openai/gpt-4o", concurrency=1, budget_usd=1e-9, journal="b") as svc:
-        with pytest.raises(service.ServiceStop, match="budget_usd") as err:
+    # gpt-4o has a price in litellm's bundled table; the fake echoes the model name. One call's worst
+    # case (8 prompt tokens + 20 max_tokens) is $0.00022, its real price (the fake's 10 + 5 tokens)
+    # $0.000075: a cap of $0.00025 lets one through, not a second (0.000075 + 0.00022 > 0.00025).
+    with make(provider, model="openai/gpt-4o", concurrency=1, budget_usd=2.5e-4, journal="b") as svc:
+        with pytest.raises(service.ServiceStop, match="budget_usd=0.00025 would be passed") as err:
             svc.map([req(i) for i in range(5)])
-    assert err.value.exit_code == 75
+    assert err.value.exit_code == 75 and "\n" not in err.value.message
+    assert "the next call may cost up to $0.000220" in err.value.message
     assert len(provider.requests) == 1 and svc.stats.cost_usd > 0
-    assert len((service.JOURNAL_DIR / "b.jsonl").read_text().splitlines()) == 1
+    assert len((service.JOURNAL_DIR / "b.jsonl").read_text().splitlines()) == 1, "the paid reply is kept"
+    with make(provider, model="openai/gpt-4o", budget_usd=1e-9, journal="b") as svc:
+        with pytest.raises(service.ServiceStop, match="budget_usd"):
+            svc.map([req(i) for i in range(5)])
+    assert len(provider.requests) == 1 and svc.stats.cached == 1, "a cap below one call sends nothing"
 
 
 def test_scrub_removes_env_secrets_and_key_shapes(monkeypatch):

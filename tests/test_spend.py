@@ -23,6 +23,14 @@ PRICED = "openai/gpt-4o"  # litellm's bundled table prices it; the fake answers 
 CALL_USD = 10 * 2.5e-06 + 5 * 1e-05
 
 
+def worst(text: str, max_tokens: int = 8) -> float:
+    """What a call reserves before it is sent: its prompt tokens plus all its max_tokens, at gpt-4o's price."""
+    import litellm
+
+    return litellm.token_counter(model=PRICED, messages=[{"role": "user", "content": text}]) * 2.5e-06 + \
+        max_tokens * 1e-05
+
+
 @pytest.fixture
 def fake(in_tmp, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-spend-0000000000")
@@ -40,11 +48,11 @@ def reqs(n, tag="x"):
 
 
 def test_a_rerun_after_a_budget_stop_does_not_spend_a_new_budget(fake):
-    cap = 2.5 * CALL_USD
+    cap = 2 * CALL_USD + 1.01 * worst("x 0")  # a third call's worst case fits beside two paid, a fourth's not
     with make(fake, budget_usd=cap, journal="synth", cycle=1) as svc:
         with pytest.raises(service.ServiceStop, match="budget_usd"):
             svc.map(reqs(6))
-    assert len(fake.requests) == 3, "calls stop once the spend reaches the cap"
+    assert len(fake.requests) == 3, "no call starts whose worst case would pass the cap"
     with make(fake, budget_usd=cap, journal="synth", cycle=1) as svc:
         with pytest.raises(service.ServiceStop):
             svc.map(reqs(6))
@@ -63,17 +71,18 @@ def test_teacher_and_judges_share_the_cycle_budget_and_the_total_caps_every_cycl
         with pytest.raises(service.ServiceStop, match="cycle 1 has spent"):
             svc.map(reqs(2, "judge"))
     assert len(fake.requests) == 2, "the judge saw the teacher's spend of this cycle"
-    with make(fake, budget_usd=10 * CALL_USD, budget_total_usd=3.5 * CALL_USD, journal="judge", cycle=2) as svc:
-        with pytest.raises(service.ServiceStop, match="budget_total_usd"):
+    total = 2 * CALL_USD + 1.01 * worst("judge 0")  # room for one more call over all cycles
+    with make(fake, budget_usd=10 * CALL_USD, budget_total_usd=total, journal="judge", cycle=2) as svc:
+        with pytest.raises(service.ServiceStop, match="budget_total_usd.*all cycles has spent"):
             svc.map(reqs(4, "judge"))
-    assert len(fake.requests) == 4, "cycle 2 has its own budget, but the migration's total caps it"
+    assert len(fake.requests) == 3, "cycle 2 has its own budget, but the migration's total caps it"
 
 
 def test_unpriced_model_with_a_budget_stops_instead_of_running_uncapped(fake):
     with service.Service("openai/no-such-model", api_base=fake.url, budget_usd=1.0, concurrency=1) as svc:
         with pytest.raises(service.ServiceStop, match="no price"):
             svc.map(reqs(3))
-    assert len(fake.requests) == 1
+    assert len(fake.requests) == 0, "a cap that cannot be enforced stops before the first call"
 
 
 def test_journal_index_stays_small(in_tmp):

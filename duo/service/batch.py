@@ -4,8 +4,13 @@ live calls at the big providers, answered within the provider's completion windo
 A job's id and the keys it carries are recorded (.duo/batches/<journal>.jsonl, fsync'd) right after it
 is created, before the first status check: a stage killed while it waits resumes polling the same job
 instead of paying for a new one. Every answer of a finished job is journaled like a live reply (also the
-ones this run no longer needed: they were paid for); failed lines are failures, never journaled, and a
-rerun asks for them again in a new job.
+ones this run no longer needed: they were paid for), once: a job resumed after a kill that came while
+its answers were being journaled skips the ones already there. Failed lines are failures, never
+journaled, and a rerun asks for them again in a new job.
+
+Under a budget a job carries only the requests whose worst cases (at the batch price) fit beside what is
+spent and held (duo/service/budget.py); the rest wait, and once the job is done they stop the stage
+with one line saying how many wait. A job already sent (resumed) is held in full: it will be paid.
 """
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ import os
 from pathlib import Path
 
 from duo.service.calls import Reply
+from duo.service.errors import ServiceStop
+from duo.service.journal import state_dir
 
-BATCH_DIR = Path(".duo/batches")
+BATCH_DIR = Path(".duo/batches")  # relative to the project: under journal.state_dir()
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
@@ -25,8 +32,9 @@ class Registry:
     """The jobs one journal has sent: {"batch_id", "keys", "cycle"} lines, then {"batch_id", "done"}."""
 
     def __init__(self, name: str):
-        BATCH_DIR.mkdir(parents=True, exist_ok=True)
-        self.path = BATCH_DIR / f"{name}.jsonl"
+        directory = state_dir() / "batches"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{name}.jsonl"
         self.open_jobs: dict[str, list[str]] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -78,8 +86,6 @@ def _cost(svc, usage: dict) -> float | None:
 async def run(svc, items: list) -> None:
     """Answer [(Request, Future)]: journal replays first, then jobs already sent for the rest (resumed),
     then one new job for what no job carries."""
-    import litellm
-
     todo: dict[str, tuple] = {}
     for req, fut in items:
         cached = svc.replay(req)
@@ -94,8 +100,49 @@ async def run(svc, items: list) -> None:
     jobs = [bid for bid, keys in registry.open_jobs.items() if todo.keys() & set(keys)]
     carried = {k for bid in jobs for k in registry.open_jobs[bid]}
     fresh = [k for k in todo if k not in carried]
+    holds, waiting = [], []
+    if svc.stopped:
+        raise ServiceStop(svc.stopped)
+    if svc.purse:
+        fresh, waiting, holds = _fit(svc, todo, carried, fresh)
+    try:
+        await _send_and_finish(svc, registry, todo, jobs, fresh, creds)
+    finally:
+        for rid in holds:
+            svc.purse.release(rid)
+    for key in waiting:
+        for fut in todo[key][1]:
+            if not fut.done():
+                fut.set_exception(ServiceStop(svc.stopped))
+    for key, (_, futures) in todo.items():
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(Reply(text=None, error="the provider's batch job returned no answer for it"))
+                svc.stats.failed += 1
+
+
+def _fit(svc, todo: dict, carried: set, fresh: list) -> tuple[list, list, list]:
+    """(keys to send, keys that wait, reservations): jobs already sent are held in full; of the new
+    requests, the longest prefix whose worst cases fit."""
+    purse, holds = svc.purse, []
+    costs = purse.worst_cases([todo[k][0] for k in fresh], batch=True)
+    sent = purse.worst_cases([todo[k][0] for k in todo if k in carried], batch=True)
+    if costs is None or sent is None:
+        raise ServiceStop(svc.unpriced())
+    if sent:
+        holds.append(purse.hold([sum(sent)], force=True)[1])
+    n, rid, over = purse.hold(costs) if costs else (0, None, None)
+    holds.append(rid)
+    if n < len(fresh):
+        what = (f"{n} of {len(fresh)} requests went out as a batch job and {len(fresh) - n} wait: they")
+        svc.stopped = purse.refusal(over, sum(costs[n:]), what, batch=True)
+    return fresh[:n], fresh[n:], holds
+
+
+async def _send_and_finish(svc, registry: "Registry", todo: dict, jobs: list, fresh: list, creds: dict) -> None:
+    import litellm
+
     if fresh:
-        svc.check_budget()
         data = "".join(json.dumps(_line(svc, k, todo[k][0])) + "\n" for k in fresh).encode()
         upload = io.BytesIO(data)
         upload.name = "duo-batch.jsonl"
@@ -107,11 +154,6 @@ async def run(svc, items: list) -> None:
         svc.stats.calls += len(fresh)
     svc.stats.batches += len(jobs)
     await asyncio.gather(*(_finish(svc, registry, bid, todo, creds) for bid in jobs))
-    for key, (_, futures) in todo.items():
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(Reply(text=None, error="the provider's batch job returned no answer for it"))
-                svc.stats.failed += 1
 
 
 async def _finish(svc, registry: Registry, batch_id: str, todo: dict, creds: dict) -> None:
@@ -129,6 +171,8 @@ async def _finish(svc, registry: Registry, batch_id: str, todo: dict, creds: dic
     for raw in answers.splitlines():
         line = json.loads(raw)
         key, resp = line.get("custom_id"), line.get("response") or {}
+        if svc.journal is not None and svc.journal.get(key) is not None:
+            continue  # journaled before a kill stopped this loop: paid once, recorded once (replayed)
         if resp.get("status_code") == 200:
             body = resp["body"]
             reply = svc.reply_of(ModelResponse(**body), price=False)

@@ -9,10 +9,12 @@ call survives:
   after one call: the first call of a Service goes alone, so a bad key costs one call, not N;
 - context-window overflow: `on_overflow` (`truncate`: cut the longest message's middle to half and
   retry once; `skip`: record the request as failed), counted either way;
-- budgets and quota: no call starts once this cycle's spend reaches `budget_usd` or the whole
-  migration's reaches `budget_total_usd` (spend read from every journal, teacher and judges together,
-  so reruns and other stages count), the stage stops with exit code EXIT_STOPPED (75), and everything
-  done so far is journaled.
+- budgets and quota: a call reserves its worst-case price before it is sent and starts only if this
+  cycle's spend plus every reservation stays within `budget_usd` and the migration's within
+  `budget_total_usd` (duo/service/budget.py: one ledger of every journal and every call in flight,
+  teacher and judges, reruns, other processes and experiments); a call that does not fit waits for
+  this Service's calls in flight to settle, and when none is left the stage stops with exit code
+  EXIT_STOPPED (75), everything paid so far journaled.
 Successful replies are journaled (duo/service/journal.py) under a key of the full request, its
 sample index and its tag, so a rerun only pays for what is missing; failures are never journaled.
 With `batch`, requests go through the provider's batch API instead (duo/service/batch.py).
@@ -25,17 +27,17 @@ import contextlib
 import logging
 import os
 import random
-import threading
 from collections import deque
 from typing import Callable, Iterable
 
 import click
 
 from duo import local_llm, models
-from duo.service import errors
+from duo.service import call_loop, errors
+from duo.service.budget import Allowance
 from duo.service.calls import Reply, Request, Stats
 from duo.service.errors import ServiceFatal, ServiceStop
-from duo.service.journal import JOURNAL_DIR, Journal, ledger
+from duo.service.journal import Journal
 from duo.service.limits import RateLimiter
 
 log = logging.getLogger("duo.service")
@@ -65,6 +67,8 @@ class Service:
         self.batch_poll_s, self.batch_max = batch_poll_s, batch_max
         self.is_local = spec == "local" or spec.startswith("local:")
         self.model = "openai/local" if self.is_local else spec
+        # the local server costs nothing: no reservation, no cap (its calls never cross one)
+        self.purse: Allowance | None = None
         self.stats = Stats()
         self.stopped: str | None = None
         self.journal: Journal | None = None
@@ -96,23 +100,17 @@ class Service:
             gguf = models.resolve_gguf(self.spec)
             self.api_base = self._stack.enter_context(
                 local_llm.serve(gguf, n_ctx=self.n_ctx, parallel=self.concurrency, log_name=f"service-{os.getpid()}"))
+        if (self.budget_usd or self.budget_total_usd) and not self.is_local:
+            self.journal_name = self.journal_name or "service"  # the ledger is the journals: spend must land in one
+            self.purse = Allowance(self.model, self.cycle, self.budget_usd, self.budget_total_usd)
+            self._stack.callback(self.purse.budget.save)
         if self.journal_name:
             self.journal = Journal(self.journal_name)
             self._stack.callback(self.journal.close)
-        self.spent = ledger()
-        self._loop = asyncio.new_event_loop()
         self._sem, self._opened = asyncio.Semaphore(self.concurrency), asyncio.Event()
-        thread = threading.Thread(target=self._loop.run_forever, name="duo-service", daemon=True)
-        thread.start()
-
-        def stop_loop():
-            self.cancel_all()
-            asyncio.run_coroutine_threadsafe(_cancel_tasks(), self._loop).result(timeout=30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            thread.join()
-            self._loop.close()
-
-        self._stack.callback(stop_loop)
+        if self.purse:
+            self.purse.freed = asyncio.Event()  # bound to the call loop on first use
+        self._loop = self._stack.enter_context(call_loop.running(self.cancel_all))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -199,33 +197,42 @@ class Service:
             self.stats.reused += 1
         return reply
 
-    def check_budget(self) -> None:
-        if self.stopped:
-            raise ServiceStop(self.stopped)
-        cycle, total = self.spent.cycle(self.cycle), self.spent.total()
-        if self.budget_usd and cycle >= self.budget_usd:
-            self.stopped = (f"service.budget_usd={self.budget_usd} reached: cycle {self.cycle} has spent "
-                            f"${cycle:.4f} (teacher and judges, reruns included); work so far is kept in "
-                            f"{JOURNAL_DIR}; raise the budget and rerun to continue")
-        elif self.budget_total_usd and total >= self.budget_total_usd:
-            self.stopped = (f"service.budget_total_usd={self.budget_total_usd} reached: ${total:.4f} spent over "
-                            f"all cycles; work so far is kept in {JOURNAL_DIR}; raise it to continue")
-        if self.stopped:
-            raise ServiceStop(self.stopped)
+    def unpriced(self) -> str:
+        self.stopped = (f"service.budget_usd / budget_total_usd is set but litellm has no price for "
+                        f"{self.model}: the cap cannot be enforced (set both to 0 to run uncapped)")
+        return self.stopped
 
-    def record(self, key: str, reply: Reply) -> None:
-        """Book a fresh reply: stats, ledger, journal (fsync'd before anyone uses it)."""
+    async def _reserve(self, req: Request) -> int | None:
+        """Hold the request's worst case (Allowance.reserve); a stop when it cannot fit."""
+        if self.stopped:
+            raise ServiceStop(self.stopped)
+        if not self.purse:
+            return None
+        usd = self.purse.worst_cases([req])
+        if usd is None:
+            raise ServiceStop(self.unpriced())
+        rid = await self.purse.reserve(usd[0], lambda: self.stopped)
+        if isinstance(rid, str):
+            self.stopped = self.stopped or rid
+            raise ServiceStop(self.stopped)
+        return rid
+
+    def record(self, key: str, reply: Reply, rid: int | None = None) -> None:
+        """Book a fresh reply: stats, journal (fsync'd before anyone uses it; the journals are the
+        ledger), then drop its reservation: the real price replaces the worst case."""
         if reply.error is not None:
             self.stats.failed += 1
             return
         reply.cycle = self.cycle
-        if reply.cost_usd is None and (self.budget_usd or self.budget_total_usd):
+        if reply.cost_usd is None and self.purse:
             self.stopped = (f"service.budget_usd / budget_total_usd is set but litellm has no price for "
-                            f"{self.model}; the cap cannot be enforced (set both to 0 to run uncapped)")
+                            f"{self.model}'s reply: the cap cannot be enforced (set both to 0 to run uncapped)")
         self.stats.add(reply, fresh=True)
-        self.spent.add(self.cycle, reply.cost_usd)
-        if self.journal:
-            self.journal.add(key, reply, self.cycle)
+        with self.purse.budget.locked() if self.purse else contextlib.nullcontext():
+            if self.journal:
+                self.journal.add(key, reply, self.cycle)
+            if self.purse:
+                self.purse.release(rid)
 
     async def _await_probe(self) -> bool:
         """The first call of a Service goes alone: a bad key or unknown model then costs one call, not
@@ -249,7 +256,13 @@ class Service:
         probe = await self._await_probe()
         try:
             async with self._sem:
-                reply = await self._attempts(req)
+                rid = await self._reserve(req)
+                try:
+                    reply = await self._attempts(req)
+                    self.record(req.key(self.model), reply, rid)
+                finally:
+                    if self.purse:
+                        self.purse.release(rid)  # a failure or cancellation frees what it held
         except (ServiceStop, ServiceFatal) as exc:
             if probe:
                 self._fatal = exc
@@ -257,15 +270,16 @@ class Service:
         finally:
             if probe:
                 self._opened.set()
-        self.record(req.key(self.model), reply)
         return reply
 
     async def _attempts(self, req: Request) -> Reply:
         messages, attempt, truncated = req.messages, 0, False
         while True:
-            self.check_budget()
+            if self.stopped:
+                raise ServiceStop(self.stopped)
             await self._limiter.acquire(req.token_estimate())
-            self.check_budget()
+            if self.stopped:
+                raise ServiceStop(self.stopped)
             self.stats.calls += 1
             self._in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
@@ -341,23 +355,6 @@ class Service:
                 cost, self._priced = None, False
         return Reply(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                      completion_tokens=getattr(usage, "completion_tokens", 0) or 0, cost_usd=cost)
-
-
-async def _cancel_tasks() -> None:
-    """What asyncio.run does before closing its loop: cancel and await every task still there, so none
-    is destroyed pending. litellm's own bookkeeping (its logging worker, which e.g. fetches a finished
-    batch's output to price it) gets a few seconds to finish first."""
-    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
-
-    try:
-        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=5)
-    except Exception:  # its bookkeeping only; ours is journaled
-        pass
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 def from_params(p, model_override: str | None = None, journal: str | None = None, cycle: int = 0) -> Service:

@@ -3,8 +3,12 @@ judge), and the ledger of what was spent per cycle over all of them.
 
 A journal line is `{"key", "cycle", "text", "prompt_tokens", "completion_tokens", "cost_usd"}`, appended
 and fsync'd before the reply is used. It lives under .duo/, outside every DVC output (`dvc repro`
-deletes outputs). The index keeps only hash(key) -> byte offset; a reply's text is read back when it is
-replayed, so a million-line journal costs ~100 MB of memory, not its size on disk.
+deletes outputs), and a queued or `--temp` experiment, which runs in a copy of the repository under
+.dvc/tmp/exps/ without the git-ignored .duo/, uses the main checkout's (DVC names it in DVC_ROOT): its
+replays, its spend and the budgets are the project's, not a fresh copy's. The index keeps only
+hash(key) -> byte offset; a reply's text is read back when it is replayed, so a million-line journal
+costs ~100 MB of memory, not its size on disk. Several processes may append to one journal (O_APPEND,
+one write per line); the ledger reads whole lines only.
 """
 from __future__ import annotations
 
@@ -15,7 +19,17 @@ from pathlib import Path
 from duo import records
 from duo.service.calls import Reply
 
-JOURNAL_DIR = Path(".duo/journal")
+JOURNAL_DIR = Path(".duo/journal")  # relative to the project: journal_dir() is where it is now
+
+
+def state_dir() -> Path:
+    """The project's .duo/: the main checkout's also from inside an experiment's temp copy."""
+    root = os.environ.get("DVC_ROOT")  # set by DVC for every stage command: the repository (not the copy)
+    return Path(root) / ".duo" if root else Path(".duo")
+
+
+def journal_dir() -> Path:
+    return state_dir() / "journal"
 
 
 class Spend:
@@ -81,15 +95,13 @@ def _sidecar(path: Path) -> Path:
 
 class Journal:
     def __init__(self, name: str, directory: str | Path | None = None):
-        directory = Path(directory or JOURNAL_DIR)
+        directory = Path(directory or journal_dir())
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{name}.jsonl"
         self._index: dict[int, int] = {}
-        self.spend = Spend()
 
         def index(offset: int, rec: dict) -> None:
             self._index[hash(rec["key"])] = offset
-            self.spend.add(rec.get("cycle"), rec.get("cost_usd"))
 
         if self.path.exists():
             _scan(self.path, 0, index)
@@ -127,28 +139,55 @@ class Journal:
         self._fh.write((json.dumps(rec, ensure_ascii=False) + "\n").encode())
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self._index[hash(key)] = offset
-        self.spend.add(cycle, reply.cost_usd)
+        self._index[hash(key)] = offset  # (another process appending at once makes it a miss, never wrong)
 
     def close(self) -> None:
-        size = self._fh.tell()
         self._fh.close()
         self._reader.close()
-        records.write_json(_sidecar(self.path), self.spend.as_json(size))
+
+
+class Ledger:
+    """What the journals in one directory record as paid, per cycle, read incrementally: each journal's
+    sidecar (`<name>.spend.json`) remembers how far it was summed, and a Ledger kept open reads only the
+    lines appended since its last look (by any process). Sums come from the file itself, never from
+    one writer's view of it, so writers in several processes cannot make it miss a line."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self.directory = Path(directory or journal_dir())
+        self._read: dict[Path, tuple[int, int, Spend]] = {}  # journal -> (inode, offset summed to, spend)
+        self._saved: dict[Path, int] = {}
+
+    def spend(self) -> Spend:
+        total = Spend()
+        for path in sorted(self.directory.glob("*.jsonl")) if self.directory.exists() else []:
+            stat = path.stat()
+            inode, start, spend = self._read.get(path) or (stat.st_ino, *self._sidecar(path))
+            if inode != stat.st_ino or start > stat.st_size:  # another file now: sum it again
+                start, spend = 0, Spend()
+            end = _scan(path, start, lambda _, rec: spend.add(rec.get("cycle"), rec.get("cost_usd")))
+            self._read[path] = (stat.st_ino, end, spend)
+            total.merge(spend)
+        return total
+
+    def _sidecar(self, path: Path) -> tuple[int, Spend]:
+        side = _sidecar(path)
+        cached = records.read_json(side, default=None) if side.exists() else None
+        if isinstance(cached, dict) and 0 <= cached.get("offset", -1) <= path.stat().st_size:
+            self._saved[path] = cached["offset"]
+            return cached["offset"], Spend.from_json(cached)
+        return 0, Spend()
+
+    def save(self) -> None:
+        """Write the sidecars of journals read further than their sidecar says."""
+        for path, (_, end, spend) in self._read.items():
+            if end != self._saved.get(path):
+                records.write_json(_sidecar(path), spend.as_json(end))
+                self._saved[path] = end
 
 
 def ledger(directory: str | Path | None = None) -> Spend:
-    """What every journal in `directory` records as paid, per cycle. Each journal's sidecar remembers
-    how far it was summed, so only lines appended since are read."""
-    directory = Path(directory or JOURNAL_DIR)
-    total = Spend()
-    for path in sorted(directory.glob("*.jsonl")) if directory.exists() else []:
-        side, spend, start = _sidecar(path), Spend(), 0
-        cached = records.read_json(side, default=None) if side.exists() else None
-        if isinstance(cached, dict) and 0 <= cached.get("offset", -1) <= path.stat().st_size:
-            spend, start = Spend.from_json(cached), cached["offset"]
-        end = _scan(path, start, lambda _, rec: spend.add(rec.get("cycle"), rec.get("cost_usd")))
-        if end != start:
-            records.write_json(side, spend.as_json(end))
-        total.merge(spend)
+    """What every journal in `directory` records as paid, per cycle (sidecars brought up to date)."""
+    book = Ledger(directory)
+    total = book.spend()
+    book.save()
     return total

@@ -208,3 +208,20 @@ def curate(new: list[dict], seen: list[dict], test: list[dict], cfg, progress=No
     report = {"in": len(new), "out": len(kept), "removed": dict(sorted(counts.items())),
               "lsh_candidates": index.lsh_candidates, "near_duplicates_confirmed": index.near_duplicates}
     return kept, removed, report
+
+
+def decontaminate(rows: Iterable[dict], held_out: list[dict], n: int) -> tuple[list[dict], Counter]:
+    """Earlier cycles' synthetic rows that overlap none of `held_out` (test and validation as split
+    now), by the check curation made when they were kept (TestIndex: a held-out prompt, or an n-gram
+    of a held-out prompt or response). A re-split (coverage.seed, train_ratio, new rows) can move rows
+    that those pairs paraphrase into test: training on them would leak the judge's answers. Returns
+    (kept rows, removed count per reason)."""
+    index = TestIndex(held_out, n)
+    kept, removed = [], Counter()
+    for row in rows:
+        hit = index.hit(words(row["prompt"]), words(row["response"]))
+        if hit:
+            removed[hit[0]] += 1
+        else:
+            kept.append(row)
+    return kept, removed

@@ -4,32 +4,39 @@
 own word counts as the minimum, three times their maximum as the maximum. A teacher that writes pairs in
 the seeds' own form (one-sentence passages to summarize, one-word labels) then passes, whatever the
 task; a fixed number tuned on one data set dropped every pair of another (51 of 51 headline pairs).
+
+A summarization instruction must carry its passage: the passage is measured apart from the directive
+(`passage_words`), and its `auto` bound comes from the train rows' passages. (Bounded like the whole
+instruction, and checked after it, the rule could never fire.)
 """
 from __future__ import annotations
 
 import math
 import re
-import unicodedata
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+from duo.text import normalise, words  # noqa: F401  (curation compares in the same normal form)
+
 REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i apologi[sz]e|as an ai( language model)?|i cannot (help|assist|"
                      r"provide|comply)|i can'?t (help|assist|provide|comply)|i am unable to|i'?m unable to)\b", re.I)
 LEFTOVER = re.compile(r"\$(instruction|response|topic|n|human_response|lm_response)\b|\{\{.*?\}\}|"
                       r'^\s*[\[{]\s*"(instruction|response|contents)"|"(instruction|response)"\s*:', re.I | re.M)
 SUMMARIZATION = "summarization"  # the task whose instructions must carry a passage
+_SEGMENTS = re.compile(r"\n+|:\s+|(?<=[.?!])\s+")  # line breaks, colons, sentence ends
 
 
-def normalise(text: str) -> str:
-    """Case, whitespace, punctuation and Unicode (NFKC) insensitive form used for every comparison."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_PUNCT.sub(" ", text).split())
-
-
-def words(text: str) -> list[str]:
-    return normalise(text).split()
+def passage_words(instruction: str) -> int:
+    """Words of the passage a summarization instruction carries: the instruction less its directive,
+    taken to be the shorter of its first and last segment (split at line breaks, colons and sentence
+    ends: "Summarize this as a headline: <passage>", "<passage>\n\nSummarize it in one sentence.").
+    One segment is a directive alone: 0. Directive-first instructions whose passage ends in a shorter
+    sentence count a few directive words as passage; the bound is derived with the same measure."""
+    segments = [seg for seg in _SEGMENTS.split(instruction) if words(seg)]
+    if len(segments) < 2:
+        return 0
+    return len(words(instruction)) - min(len(words(segments[0])), len(words(segments[-1])))
 
 
 @dataclass(frozen=True)
@@ -50,23 +57,24 @@ def _low(counts: list[int]) -> int:
 
 def derive(train: list[dict], cfg) -> dict[str, Thresholds]:
     """Per task: each `auto` bound from the task's own train rows, each number as the user set it."""
-    by_task: dict[str, tuple[list[int], list[int]]] = {}
+    by_task: dict[str, tuple[list[int], list[int], list[int]]] = {}
     for row in train:
-        inst, resp = by_task.setdefault(row["task"], ([], []))
+        inst, resp, passage = by_task.setdefault(row["task"], ([], [], []))
         inst.append(len(words(row["prompt"])))
         resp.append(len(words(row["response"])))
+        passage.append(passage_words(row["prompt"]))
 
     def pick(value, auto: int) -> int:
         return auto if value == "auto" else int(value)
 
     out = {}
-    for task, (inst, resp) in sorted(by_task.items()):
+    for task, (inst, resp, passage) in sorted(by_task.items()):
         out[task] = Thresholds(
             min_instruction=pick(cfg.min_instruction_tokens, _low(inst)),
             max_instruction=pick(cfg.max_instruction_tokens, max(64, 3 * max(inst))),
             min_response=pick(cfg.min_response_tokens, _low(resp)),
             max_response=pick(cfg.max_response_tokens, max(64, 3 * max(resp))),
-            min_passage=pick(cfg.min_passage_words, _low(inst)) if task == SUMMARIZATION else 0)
+            min_passage=pick(cfg.min_passage_words, _low(passage)) if task == SUMMARIZATION else 0)
     return out
 
 
@@ -104,7 +112,7 @@ def quality_reason(row: dict, limits: Thresholds, cfg, wi: list[str], wr: list[s
         return "refusal"
     if LEFTOVER.search(inst) or LEFTOVER.search(resp):
         return "leftover_template"
-    if row.get("task") == SUMMARIZATION and len(wi) < limits.min_passage:
+    if row.get("task") == SUMMARIZATION and passage_words(inst) < limits.min_passage:
         return "no_passage_to_summarize"
     raw = (inst + "\n" + resp).encode()
     if len(raw) >= 200 and len(zlib.compress(raw)) / len(raw) < cfg.min_compression_ratio:
