@@ -114,8 +114,8 @@ def synthesis(params, t: int, train: list[dict], last: dict | None) -> Part | No
         calls, most = min(p.max_requests, math.ceil(target / max(rate, 0.05))), p.max_requests
     else:
         calls = most = min(p.seeds_per_cycle, len(train), p.max_requests)
-    stream = teacher.seed_stream(train, p.seed, t)
-    reqs: list[Request] = [teacher.request_for(next(stream)[1], p, _local(name), t, draw) for draw in range(most)]
+    reqs: list[Request] = [teacher.request_for(row, p, _local(name), t, draw)
+                           for draw, row in enumerate(generate.planned_seeds(train, p, t, most))]
     done = _journaled("synth") if not _local(name) else set()
     replayed = sum(hash(r.key(key_model)) in done for r in reqs)
     mean = _mean_reply((last or {}).get("service"))

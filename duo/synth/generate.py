@@ -91,6 +91,18 @@ class _Quota:
         return sum(min(tally.buckets[k], q) for k, q in self.want.items())
 
 
+def planned_seeds(train: list[dict], p, cycle: int, n: int, failed: list[dict] | None = None,
+                  val: list[dict] = ()) -> list[dict]:
+    """The seed rows of a cycle's first `n` requests as planned before any reply (what `duo estimate`
+    prices; the real draws follow the same plan until replies fill buckets)."""
+    quota = _Quota(train, p, cycle, target_rows(p, cycle), n, failed, val)
+    asked, out = Counter(), []
+    while len(out) < n and (choice := quota.planner.next(asked)) is not None:
+        asked[choice[0]] += 1
+        out.append(choice[2])
+    return out
+
+
 def synthesize(train: list[dict], test: list[dict], earlier: list[dict], svc, p, cfg, cycle: int,
                progress=None, reserve: list[dict] = (), failed: list[dict] | None = None,
                val: list[dict] = ()) -> Result:
