@@ -41,17 +41,17 @@ VENDORS = {
     "gemma2": Vendor("Gemma 2", "Gemma2ForCausalLM", "gemma-4", "google-gemma-2-2b-it", "gemma",
                      "<bos>", "<eos>", "<pad>", True, ("<start_of_turn>", "<end_of_turn>"),
                      note="Gemma 2's own 256k SentencePiece vocabulary is not in the sdist: the student uses "
-                          "Gemma's later 262k vocabulary (ggml-vocab-gemma-4) with <start_of_turn>/<end_of_turn> added"),
+                          "Gemma's later 262k vocabulary (`ggml-vocab-gemma-4`) with `<start_of_turn>`/`<end_of_turn>` added"),
     "phi3.5": Vendor("Phi-3.5", "Phi3ForCausalLM", "phi-3", "microsoft-Phi-3.5-mini-instruct", "phi3",
                      "<s>", "<|endoftext|>", "<|endoftext|>", False, tie=False),
     "mistral-nemo": Vendor("Mistral Nemo", "MistralForCausalLM", "llama-spm", "mistralai-Mistral-Nemo-Instruct-2407",
                            "mistral", "<s>", "</s>", "</s>", True, ("[INST]", "[/INST]"), tie=False,
                            note="Mistral Nemo's Tekken vocabulary (131k, tiktoken) is not in the sdist: the student "
-                                "uses the 32k SentencePiece vocabulary of Llama 2 / Mistral 7B (ggml-vocab-llama-spm) "
-                                "with [INST]/[/INST] added"),
+                                "uses the 32k SentencePiece vocabulary of Llama 2 / Mistral 7B (`ggml-vocab-llama-spm`) "
+                                "with `[INST]`/`[/INST]` added"),
     "smollm3": Vendor("SmolLM3", "SmolLM3ForCausalLM", "llama-bpe", "HuggingFaceTB-SmolLM3-3B", None,
                       None, "<|im_end|>", "<|im_end|>", False, ("<|im_start|>", "<|im_end|>"),
-                      note="SmolLM3 renames two of Llama 3's reserved tokens to <|im_start|>/<|im_end|>; "
+                      note="SmolLM3 renames two of Llama 3's reserved tokens to `<|im_start|>`/`<|im_end|>`; "
                            "here they are added after Llama 3's vocabulary"),
 }
 SENTENCEPIECE = {"gemma-4", "phi-3", "llama-spm"}  # converters read these from tokenizer.model
