@@ -59,7 +59,8 @@ def _load_llm(path: Path, n_ctx: int, threads: int):
 def _prompt_tokens(llm, messages: list[dict]) -> int:
     from duo import local_llm
 
-    return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=True, special=True))
+    # as create_chat_completion tokenizes it: the template writes BOS where the model has one
+    return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=False, special=True))
 
 
 @main.command("chat")

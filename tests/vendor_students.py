@@ -27,7 +27,6 @@ class Vendor:
     bos: str | None            # special tokens as the vendor's tokenizer_config.json sets them
     eos: str
     pad: str
-    add_bos: bool              # whether the vendor's tokenizer adds BOS itself
     added: tuple[str, ...] = ()  # the vendor's control tokens this vocabulary lacks
     tie: bool = True           # tied input/output embeddings, as the vendor's small models
     note: str = ""             # where this student differs from the vendor's own
@@ -35,22 +34,22 @@ class Vendor:
 
 VENDORS = {
     "llama3.2": Vendor("Llama 3.2", "LlamaForCausalLM", "llama-bpe", "meta-llama-Llama-3.2-3B-Instruct", "llama3",
-                       "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>", True),
+                       "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
     "qwen2.5": Vendor("Qwen 2.5", "Qwen2ForCausalLM", "qwen2", "Qwen-Qwen2.5-7B-Instruct", "chatml",
-                      None, "<|im_end|>", "<|endoftext|>", False),
+                      None, "<|im_end|>", "<|endoftext|>"),
     "gemma2": Vendor("Gemma 2", "Gemma2ForCausalLM", "gemma-4", "google-gemma-2-2b-it", "gemma",
-                     "<bos>", "<eos>", "<pad>", True, ("<start_of_turn>", "<end_of_turn>"),
+                     "<bos>", "<eos>", "<pad>", ("<start_of_turn>", "<end_of_turn>"),
                      note="Gemma 2's own 256k SentencePiece vocabulary is not in the sdist: the student uses "
                           "Gemma's later 262k vocabulary (`ggml-vocab-gemma-4`) with `<start_of_turn>`/`<end_of_turn>` added"),
     "phi3.5": Vendor("Phi-3.5", "Phi3ForCausalLM", "phi-3", "microsoft-Phi-3.5-mini-instruct", "phi3",
-                     "<s>", "<|endoftext|>", "<|endoftext|>", False, tie=False),
+                     "<s>", "<|endoftext|>", "<|endoftext|>", tie=False),
     "mistral-nemo": Vendor("Mistral Nemo", "MistralForCausalLM", "llama-spm", "mistralai-Mistral-Nemo-Instruct-2407",
-                           "mistral", "<s>", "</s>", "</s>", True, ("[INST]", "[/INST]"), tie=False,
+                           "mistral", "<s>", "</s>", "</s>", ("[INST]", "[/INST]"), tie=False,
                            note="Mistral Nemo's Tekken vocabulary (131k, tiktoken) is not in the sdist: the student "
                                 "uses the 32k SentencePiece vocabulary of Llama 2 / Mistral 7B (`ggml-vocab-llama-spm`) "
                                 "with `[INST]`/`[/INST]` added"),
     "smollm3": Vendor("SmolLM3", "SmolLM3ForCausalLM", "llama-bpe", "HuggingFaceTB-SmolLM3-3B", None,
-                      None, "<|im_end|>", "<|im_end|>", False, ("<|im_start|>", "<|im_end|>"),
+                      None, "<|im_end|>", "<|im_end|>", ("<|im_start|>", "<|im_end|>"),
                       note="SmolLM3 renames two of Llama 3's reserved tokens to `<|im_start|>`/`<|im_end|>`; "
                            "here they are added after Llama 3's vocabulary"),
 }
@@ -173,9 +172,6 @@ def build(key: str, out: Path, layers: int = 2) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    settings = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
-    settings["add_bos_token"] = vendor.add_bos
-    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     if vendor.vocab in SENTENCEPIECE:
         write_sentencepiece(vendor.vocab, out / "tokenizer.model", vendor.added)
     (out / "chat_template.jinja").write_text(tok.chat_template, encoding="utf-8")
