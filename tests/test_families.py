@@ -66,7 +66,9 @@ def test_vendor_student_end_to_end(key, tmp_path, monkeypatch):
     p = Finetune(max_steps=2, batch_size=2, max_length=512, save_steps=0, threads=1, epochs=1.0,
                  lora=Lora(r=4, alpha=8, target_modules="all-linear"))
     finetune.train(rows, p, tmp_path / "base", tmp_path / "adapter")
-    metrics, failures = export.build(Export(quant="q8_0", ppl_tokens=512), f"tiny {vendor.label}", tmp_path / "out",
+    # f32: a random-weight model's next-token logits are nearly tied, and f16 rounding flips such ties (the
+    # greedy check); quantization is not what these students test (tests/test_export.py covers it)
+    metrics, failures = export.build(Export(quant="f32", ppl_tokens=512), f"tiny {vendor.label}", tmp_path / "out",
                                      base=tmp_path / "base", adapter=tmp_path / "adapter", references=tmp_path / "refs.jsonl")
     assert not failures, failures
     gguf_file = tmp_path / "out" / "student.gguf"
@@ -74,7 +76,7 @@ def test_vendor_student_end_to_end(key, tmp_path, monkeypatch):
     meta = gguf_mod.read_metadata(gguf_file)
     assert meta["architecture"] == GGUF_ARCH[vendor.arch] and meta["chat_template"] == template
     vocab_only = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
-    add_bos = vocab_only.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+    add_bos = len(vocab_only.tokenize(b"x", add_bos=True)) == 2  # as llama.cpp reads the GGUF (or its default)
     try:  # llama.cpp splits text as the vendor's tokenizer does
         assert [vocab_only.tokenize(t.encode(), add_bos=False, special=False) for t, _ in samples] == \
             [ids for _, ids in samples]

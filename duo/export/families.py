@@ -14,6 +14,7 @@ few settings read off its rendering: a default system prompt, Llama 3.1's dated 
 else is unknown: the Modelfile then has no TEMPLATE, with a warning saying why."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -128,13 +129,27 @@ def render(chat_template: str, messages: list[dict], *, eos_token: str = "</s>",
     return rendered[0]
 
 
+@functools.lru_cache(maxsize=64)  # asked once per probe
 def supports_system(chat_template: str) -> bool:
-    """llama.cpp's test: does a system message's text reach the prompt? If not it folds system prompts."""
-    from jinja2 import TemplateError
+    """llama.cpp's test: does a system message's text reach the prompt? If not it folds system prompts.
+    Plain Jinja as llama-cpp-python renders (no transformers import: `duo chat` asks too)."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "26 Jul 2024")
+    messages = [{"role": "system", "content": NEEDLE}, {"role": "user", "content": "U"}]
     try:
-        return NEEDLE in render(chat_template, [{"role": "system", "content": NEEDLE}, {"role": "user", "content": "U"}])
-    except (TemplateError, TypeError, ValueError):
+        try:
+            compiled = env.from_string(chat_template)
+        except jinja2.TemplateSyntaxError:  # transformers' own tags ({% generation %}): its renderer
+            return NEEDLE in render(chat_template, messages)
+        return NEEDLE in compiled.render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
+    except (jinja2.TemplateError, TypeError, ValueError):
         return False
 
 
