@@ -93,12 +93,14 @@ def test_system_prompt_once_never_dropped_history_in_order(family, settings, oll
 
 
 def test_the_old_modelfiles_failed_under_ollama(ollama_render):
-    """What the issue reported, reproduced: a Go template that reads .System and also ranges over every
-    message renders the system prompt twice; one that reads only the user turns drops it."""
+    """What the issue reported, reproduced with the Go templates duo shipped before: ChatML's read .System
+    and also ranged over every message (the system prompt twice); Mistral's looked for the system prompt
+    at the first message's index, where Ollama puts the system message itself (dropped)."""
     doubled = ('{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
                '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n')
-    dropped = ('{{- range .Messages }}{{- if eq .Role "user" }}[INST] {{ .Content }} [/INST]'
+    dropped = ('{{- range $i, $_ := .Messages }}{{- if eq .Role "user" }}[INST] '
+               '{{ if and (eq $i 0) $.System }}{{ $.System }}\n\n{{ end }}{{ .Content }} [/INST]'
                '{{- else if eq .Role "assistant" }} {{ .Content }}</s>{{ end }}{{ end }}')
-    twice, never = ollama_render(doubled, "", [{"messages": families.PROBES[1]}])[0], \
-        ollama_render(dropped, "", [{"messages": families.PROBES[1]}])[0]
+    twice = ollama_render(doubled, "", [{"messages": families.PROBES[1]}])[0]
+    never = ollama_render(dropped, "", [{"messages": families.PROBES[1]}])[0]
     assert twice.count(SYS) == 2 and SYS not in never
