@@ -78,7 +78,8 @@ def _load_llm(path: Path, n_ctx: int, threads: int):
 def _prompt_tokens(llm, messages: list[dict]) -> int:
     from duo import local_llm
 
-    return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=True, special=True))
+    # as create_chat_completion tokenizes it: the template writes BOS where the model has one
+    return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=False, special=True))
 
 
 @main.command("chat")
@@ -95,11 +96,15 @@ def chat_cmd(prompt, model_path, system, max_tokens, temperature, n_ctx, threads
 
     In a conversation each line is a message; /reset starts over, /exit (or end of input) quits.
     """
+    from duo.export import families
+
     llm = _load_llm(model_path, n_ctx, threads)
     start = [{"role": "system", "content": system}] if system else []
+    template = llm.metadata["tokenizer.chat_template"]
 
     def reply(messages: list[dict]) -> str:
         parts = []
+        messages = families.served(template, messages)  # no system role (Gemma): folded as llama-server folds it
         # llama.cpp fails obscurely on a prompt longer than the context: say it plainly first.
         if (n := _prompt_tokens(llm, messages)) >= llm.n_ctx():
             raise click.ClickException(f"the conversation is {n} tokens; the context window (--n-ctx) is "

@@ -16,7 +16,11 @@ from pathlib import Path
 import click
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools" / "llama.cpp"
-WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
+# The vendors' real vocabularies (tokenizer-only GGUFs, with llama.cpp's tokenizer test texts .inp and the
+# vendors' own token ids .out) that the family tests build their students on.
+VOCABS = ("llama-bpe", "qwen2", "phi-3", "llama-spm", "gemma-4")
+WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/",
+          "models/templates/", *(f"models/ggml-vocab-{name}.gguf" for name in VOCABS))
 
 
 def _find(name: str) -> Path:
@@ -42,6 +46,17 @@ def lora_converter() -> Path:
     return converter("convert_lora_to_gguf.py")
 
 
+def templates() -> Path:
+    """The vendors' own chat templates (models/templates/*.jinja of the pinned llama.cpp)."""
+    return _find("models/templates")
+
+
+def vocab(name: str) -> Path:
+    """A vendor's vocabulary as a tokenizer-only GGUF (models/ggml-vocab-<name>.gguf); <path>.inp/.out
+    beside it hold test texts and the token ids the vendor's own tokenizer gives them."""
+    return _find(f"models/ggml-vocab-{name}.gguf")
+
+
 def versions() -> dict:
     """llama-cpp-python's version and the llama.cpp commit its sources (and so its build) come from."""
     commit = _find("COMMIT")
@@ -59,9 +74,10 @@ def download_sdist(into: Path) -> Path:
 
 def fetch(dest: Path = TOOLS) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
-    stamp = dest / "VERSION"
-    if stamp.exists() and stamp.read_text().strip() == version and (dest / "COMMIT").exists():
-        return dest
+    stamp, wanted = dest / "VERSION", dest / "WANTED"
+    if (stamp.exists() and stamp.read_text().strip() == version and (dest / "COMMIT").exists()
+            and wanted.exists() and wanted.read_text().split() == list(WANTED)):
+        return dest  # complete: same version, and extracted with this list of wanted paths
     with tempfile.TemporaryDirectory() as tmp:
         sdist = download_sdist(Path(tmp))
         prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
@@ -81,6 +97,7 @@ def fetch(dest: Path = TOOLS) -> Path:
                 commit = "unknown"
         (staging / "COMMIT").write_text(commit + "\n")
         (staging / "VERSION").write_text(version + "\n")
+        (staging / "WANTED").write_text("\n".join(WANTED) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,20 @@ def load_source(source: str, allow_hub: bool):
     return model, tokenizer, provenance
 
 
+def keep_sentencepiece(out: Path, *sources) -> None:
+    """Copy the SentencePiece model beside a saved tokenizer: transformers 5 writes only tokenizer.json, and
+    llama.cpp's converter reads tokenizer.model for Gemma, Phi-3 and Llama-2-style vocabularies.
+    `sources`: tokenizer.model files or folders holding one; the first that exists is copied."""
+    for source in sources:
+        path = Path(source) if source else None
+        if path is not None and path.name != "tokenizer.model":
+            path = path / "tokenizer.model"
+        if path is not None and path.is_file():
+            if not (out / "tokenizer.model").exists():
+                shutil.copyfile(path, out / "tokenizer.model")
+            return
+
+
 def save_base(model, tokenizer, provenance: dict, out: Path) -> None:
     # Write beside the target and swap in, so a crash never leaves a half model in models/base.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +115,7 @@ def save_base(model, tokenizer, provenance: dict, out: Path) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        keep_sentencepiece(tmp, getattr(tokenizer, "vocab_file", None), tokenizer.name_or_path)
         (tmp / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
         records.write_json(tmp / "provenance.json", provenance)
         records.replace_dir(tmp, out)

@@ -147,8 +147,7 @@ def write_modelfile(path: Path, gguf_name: str, chat_template: str, end_tokens: 
     if warning:
         log(f"export: warning: {warning}")
     records.write_text(path, text)
-    family = families.detect(chat_template)
-    return family.name if family else None
+    return families.detect(chat_template, eos_token=end_tokens[0] if end_tokens else "</s>").name
 
 
 def install(work: Path, lora: bool) -> None:

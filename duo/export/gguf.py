@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from duo import llamacpp_tools, records
+from duo import llamacpp_tools, models, records
 
 
 def quant_types() -> dict[str, int]:
@@ -57,7 +57,38 @@ def merge(base: Path, adapter: Path, out: Path):
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     tokenizer.chat_template = (adapter / "chat_template.jinja").read_text(encoding="utf-8")
     tokenizer.save_pretrained(out)
+    models.keep_sentencepiece(out, base)  # the adapter's folder has no tokenizer.model; the base keeps it
+    if not template_writes_bos(tokenizer):
+        config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+        records.write_json(out / "tokenizer_config.json", config | {"add_bos_token": False})
     return model, tokenizer
+
+
+def template_writes_bos(tokenizer) -> bool:
+    """Training tokenizes the template's text and adds no BOS of its own. llama-server adds one when the
+    GGUF says so (cutting the template's BOS text first, so a template that writes it gets the same
+    token either way); for a template that does not, the GGUF must say no (convert enforces
+    tokenizer_config.json's add_bos_token), or every served prompt starts with a token training never saw."""
+    first = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    return bool(tokenizer.bos_token) and first.startswith(tokenizer.bos_token)
+
+
+def _enforce_add_bos(hf_dir: Path, gguf_path: Path) -> None:
+    """The converter takes add_bos from tokenizer.json's post-processor over tokenizer_config.json (and it
+    cannot drop that post-processor's BOS: its pre-tokenizer check hashes encode()'s output, BOS included),
+    so the flag tokenizer_config.json states is set in the GGUF afterwards, in place."""
+    from gguf import GGUFReader
+
+    config = hf_dir / "tokenizer_config.json"
+    wanted = json.loads(config.read_text(encoding="utf-8")).get("add_bos_token") if config.exists() else None
+    if not isinstance(wanted, bool):
+        return
+    reader = GGUFReader(str(gguf_path), "r+")
+    field = reader.fields.get("tokenizer.ggml.add_bos_token")
+    if field is None:
+        raise click.ClickException(f"{gguf_path}: the converter wrote no tokenizer.ggml.add_bos_token")
+    field.parts[field.data[0]][0] = wanted
+    reader.data.flush()
 
 
 def _architecture(hf_dir: Path) -> str:
@@ -108,6 +139,7 @@ def convert(hf_dir: Path, out: Path, outtype: str = "f16", model: str | None = N
         records.write_json(override, metadata)
         cmd += ["--metadata", str(override)]
     _run_converter(cmd, model or str(hf_dir), hf_dir)
+    _enforce_add_bos(hf_dir, out)
 
 
 def convert_lora(adapter: Path, base: Path, out: Path, outtype: str = "f32", model: str | None = None) -> None:

@@ -49,7 +49,8 @@ class LlamaCppBackend:
         jobs = []
         for prompt, prompt_seeds in zip(prompts, seeds):
             text = local_llm.render_chat(self.llm, [{"role": "user", "content": self.fit(prompt)}])
-            jobs.append((self.llm.tokenize(text.encode("utf-8"), special=True), prompt_seeds))
+            # no BOS of our own: the template writes it where the model has one (as create_chat_completion does)
+            jobs.append((self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True), prompt_seeds))
         gen = llama_batch.BatchedGenerator(self.llm, self.p.parallel, max(len(t) for t, _ in jobs), self.p.max_tokens)
         try:
             for i, j, sample in gen.generate(jobs, self.p.temperature, self.p.top_p):
