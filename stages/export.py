@@ -44,9 +44,11 @@ def main(params_path: str) -> None:
     metrics["template_family"] = export.write_modelfile(c.MODELFILE, c.GGUF.name, template, metrics["end_tokens"])
     records.write_json(c.EXPORT_METRICS, metrics)
     model_card.write(c.CARD, params.cycle, metrics)
-    ppl = metrics["perplexity"] or {}
+    ppl, greedy = metrics["perplexity"] or {}, metrics["greedy"]
+    forced = greedy.get("teacher_forced")
+    agree = f" (split at a near-tie; on PyTorch's path it agrees, {forced['near_ties']} near-ties)" if forced else ""
     progress.summary("export", f"{c.GGUF} ({metrics['size_mb']} MB, {p.quant}); greedy match "
-                     f"{metrics['greedy']['common_prefix']}/{metrics['greedy']['tokens']} tokens; perplexity "
+                     f"{greedy['common_prefix']}/{greedy['tokens']} tokens{agree}; perplexity "
                      f"{', '.join(f'{k} {v}' for k, v in ppl.items() if k not in ('tokens', 'rows'))}; "
                      f"probe reply: {metrics['probe_reply'][:60]!r}")
 

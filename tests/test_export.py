@@ -210,6 +210,37 @@ def test_greedy_rule_accepts_a_late_flip_and_rejects_an_early_one():
     assert gguf_checks.compare_greedy(ref[:3], ref[:3])["passed"], "a reply that ends early is compared whole"
 
 
+def test_a_near_tie_split_is_judged_on_pytorchs_path(workdir, exported):
+    """Teacher-forced on a path, the GGUF agrees where it picks the path's token or one the path's own
+    logits rank within NEAR_TIE of it, and disagrees where they rank its pick far below."""
+    import torch
+    from transformers import AutoTokenizer
+
+    llm = gguf_checks.load(workdir / "models" / "student.gguf", n_ctx=256)
+    ids = gguf_checks.prompt_ids(AutoTokenizer.from_pretrained(workdir / "models" / "adapter"))
+    path = gguf_checks.greedy_gguf(llm, ids, 8)
+    vocab = llm.n_vocab()
+
+    def logits(tokens, tie_at=None, alt=None):
+        out = []
+        for i, t in enumerate(tokens):
+            row = torch.zeros(vocab)
+            row[t] = 5.0
+            if i == tie_at:
+                row[alt] = 5.0 - gguf_checks.NEAR_TIE / 2
+            out.append(row)
+        return out
+
+    assert gguf_checks.teacher_forced(llm, ids, path, logits(path))["passed"]
+    other = (path[3] + 1) % vocab
+    swapped = path[:3] + [other] + path[4:]
+    swapped = swapped[:4]  # past the swap the context differs from the GGUF's own path
+    tied = gguf_checks.teacher_forced(llm, ids, swapped, logits(swapped, tie_at=3, alt=path[3]))
+    assert tied["passed"] and tied["near_ties"] >= 1, "the GGUF's pick was a near-tie on that path"
+    wrong = gguf_checks.teacher_forced(llm, ids, swapped, logits(swapped))
+    assert not wrong["passed"] and wrong["disagreements"][0]["position"] == 3
+
+
 @pytest.mark.slow
 def test_every_usable_quant_type_quantizes_loads_and_decodes(workdir, exported, tmp_path):
     """Each llama.cpp type duo accepts, from an f16 of the base model (n_embd 576 is not a multiple of

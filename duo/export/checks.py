@@ -120,13 +120,42 @@ def compare_greedy(ours: list[int], ref: list[int], ref_logits: list | None = No
     return result
 
 
+# A free-running greedy run that splits at a near-tie (measured: a 0.0004-logit margin after 5 tokens of
+# a real fine-tune) proves nothing either way; the GGUF is then judged on PyTorch's own path instead.
+NEAR_TIE = 0.1
+
+
+def teacher_forced(llm, ids: list[int], ref: list[int], ref_logits: list) -> dict:
+    """On the PyTorch greedy path, whether the GGUF picks the same next token at every position, a pick
+    that PyTorch itself scores within NEAR_TIE of its own choice counting as agreement."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids + ref[:-1])
+    base = len(ids) - 1
+    wrong, ties = [], 0
+    for i, token in enumerate(ref):
+        pick = int(np.argmax(llm.scores[base + i]))
+        if pick == token:
+            continue
+        margin = float(ref_logits[i][token] - ref_logits[i][pick])
+        if margin < NEAR_TIE:
+            ties += 1
+        else:
+            wrong.append({"position": i, "margin": round(margin, 4)})
+    return {"positions": len(ref), "near_ties": ties, "disagreements": wrong[:5], "passed": not wrong}
+
+
 def greedy_check(f16_llm, model, hf_tokenizer) -> dict:
     ids = prompt_ids(hf_tokenizer)
     ref, logits = greedy_hf(model, hf_tokenizer, ids)
     ours = greedy_gguf(f16_llm, ids)
-    return compare_greedy(ours, ref, logits) | {"gguf_text": hf_tokenizer.decode(ours)[:200],
-                                               "pytorch_text": hf_tokenizer.decode(ref)[:200],
-                                               "gguf_ids": ours, "pytorch_ids": ref}
+    result = compare_greedy(ours, ref, logits)
+    if not result["passed"] and result.get("margin_at_divergence", NEAR_TIE) < NEAR_TIE:
+        result["teacher_forced"] = teacher_forced(f16_llm, ids, ref, logits)
+        result["passed"] = result["teacher_forced"]["passed"]
+    return result | {"gguf_text": hf_tokenizer.decode(ours)[:200], "pytorch_text": hf_tokenizer.decode(ref)[:200],
+                     "gguf_ids": ours, "pytorch_ids": ref}
 
 
 def ppl_sequences(rows: list[dict], hf_tokenizer, max_tokens: int, max_len: int) -> list[tuple[list[int], int]]:
