@@ -54,7 +54,10 @@ def render_chat(llm, messages: list[dict]) -> str:
     llama_cpp.Llama sets up), for length checks and for testing it against the training rendering."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    eos, bos = (llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos()))
+    from duo.compat import llama as compat
+
+    model = compat.llama_model(llm)
+    eos, bos = (model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos()))
     formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
     return formatter(messages=messages).prompt
 

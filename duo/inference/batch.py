@@ -41,9 +41,11 @@ class BatchedGenerator:
     def __init__(self, llm, slots: int, max_prompt_tokens: int, max_tokens: int, *, top_k: int = 40,
                  min_p: float = 0.05, typical_p: float = 1.0):
         import llama_cpp
-        from llama_cpp import _internals
 
-        self.lib, self.internals, self.llm = llama_cpp, _internals, llm
+        from duo.compat import llama as compat
+
+        internals, model = compat.llama_internals(), compat.llama_model(llm)
+        self.lib, self.internals, self.llm = llama_cpp, internals, llm
         self.slots, self.max_tokens, self.max_prompt = slots, max_tokens, max_prompt_tokens
         self.top_k, self.min_p, self.typical_p = top_k, min_p, typical_p
         params = type(llm.context_params).from_buffer_copy(llm.context_params)
@@ -58,10 +60,10 @@ class BatchedGenerator:
         params.n_batch = self.n_batch
         self._stack = contextlib.ExitStack()
         self.ctx = self._stack.enter_context(contextlib.closing(
-            _internals.LlamaContext(model=llm._model, params=params, verbose=False)))
+            internals.LlamaContext(model=model, params=params, verbose=False)))
         self.batch = self._stack.enter_context(contextlib.closing(
-            _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=slots, verbose=False)))
-        self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+            internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=slots, verbose=False)))
+        self.vocab = llama_cpp.llama_model_get_vocab(model.model)
 
     def close(self) -> None:
         self._stack.close()

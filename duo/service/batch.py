@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from duo.service import pricing
 from duo.service.calls import Reply
 from duo.service.errors import ServiceStop
 from duo.service.journal import state_dir
@@ -71,16 +72,7 @@ def _line(svc, key: str, req) -> dict:
 def _cost(svc, usage: dict) -> float | None:
     """The provider's batch price for one answer (litellm's table; half the live price where it lists
     no batch price); None where litellm knows no price at all."""
-    import litellm
-    from litellm.cost_calculator import batch_cost_calculator
-    from litellm.types.utils import Usage
-
-    try:
-        litellm.get_model_info(model=svc.model)
-    except Exception:
-        return None
-    prompt, completion = batch_cost_calculator(Usage(**usage), svc.model)
-    return prompt + completion
+    return pricing.usd(svc.model, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), batch=True)
 
 
 async def run(svc, items: list) -> None:

@@ -44,10 +44,10 @@ async def _cancel_tasks() -> None:
     """What asyncio.run does before closing its loop: cancel and await every task still there, so none
     is destroyed pending. litellm's own bookkeeping (its logging worker, which e.g. fetches a finished
     batch's output to price it) gets a few seconds to finish first."""
-    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    from duo.compat import service as compat
 
     try:
-        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=5)
+        await asyncio.wait_for(compat.litellm_logging_worker().flush(), timeout=5)
     except Exception:  # its bookkeeping only; ours is journaled
         pass
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

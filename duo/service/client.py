@@ -338,13 +338,15 @@ class Service:
         """A litellm ModelResponse as a Reply, priced from litellm's bundled table (None: unknown)."""
         import litellm
 
+        from duo.compat import service as compat
+
         text = resp.choices[0].message.content or ""
         usage = getattr(resp, "usage", None)
-        hidden = getattr(resp, "_hidden_params", None) or {}
+        priced = compat.litellm_response_cost(resp)
         if self.is_local or not price:
             cost = 0.0
-        elif hidden.get("response_cost") is not None:
-            cost = float(hidden["response_cost"])  # litellm priced it already, on its way out
+        elif priced is not None:
+            cost = priced  # litellm priced it already, on its way out
         elif self._priced is False:
             cost = None  # known to be unpriced: skip litellm's lookup (and its exception) per call
         else:

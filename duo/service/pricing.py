@@ -25,13 +25,13 @@ def usd(model: str, prompt_tokens: int, completion_tokens: int, batch: bool = Fa
     if not priced(model):
         return None
     import litellm
-    from litellm.cost_calculator import batch_cost_calculator
-    from litellm.types.utils import Usage
+
+    from duo.compat import service as compat
 
     if batch:
-        prompt, completion = batch_cost_calculator(
-            Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                  total_tokens=prompt_tokens + completion_tokens), model)
+        prompt, completion = compat.litellm_batch_cost({"prompt_tokens": prompt_tokens,
+                                                        "completion_tokens": completion_tokens,
+                                                        "total_tokens": prompt_tokens + completion_tokens}, model)
     else:
         prompt, completion = litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens,
                                                     completion_tokens=completion_tokens)

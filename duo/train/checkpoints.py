@@ -117,7 +117,9 @@ class Checkpoints:
         """Make `trainer` save each checkpoint into a staging folder, seal it, then rename it in."""
         if self.every <= 0:
             return
-        original_save = trainer._save_checkpoint
+        from duo.compat import training as compat
+
+        original_save = getattr(trainer, compat.TRAINER_SAVE)
 
         def atomic_save(model, trial=None, **kwargs):
             # Under DDP every process calls this (each saves its own RNG state): all write into one
@@ -129,7 +131,7 @@ class Checkpoints:
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
             acc.wait_for_everyone()
-            trainer._get_output_dir = lambda trial=None: str(staging)
+            setattr(trainer, compat.TRAINER_OUTPUT_DIR, lambda trial=None: str(staging))
             try:
                 original_save(model, trial, **kwargs)
                 acc.wait_for_everyone()
@@ -144,13 +146,13 @@ class Checkpoints:
                     _fsync_dir(self.dir)
                 acc.wait_for_everyone()
             finally:
-                del trainer._get_output_dir  # back to the class's method
+                delattr(trainer, compat.TRAINER_OUTPUT_DIR)  # back to the class's method
                 if acc.is_main_process:
                     shutil.rmtree(staging, ignore_errors=True)
             if acc.is_main_process:
                 self._rotate(trainer.state.best_global_step)
 
-        trainer._save_checkpoint = atomic_save
+        setattr(trainer, compat.TRAINER_SAVE, atomic_save)
 
     def _point_best_here(self, trainer, built: Path) -> None:
         """The Trainer records the best checkpoint (early stopping) under the staging folder it wrote to;

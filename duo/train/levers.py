@@ -17,9 +17,10 @@ import functools
 
 def score_labelled_positions_only() -> None:
     """Make TRL's fused LM head compact (labelled positions only) on CPU too. Idempotent."""
-    import trl.trainer.utils as trl_utils
+    from duo.compat import training as compat
 
-    original = trl_utils._use_triton
+    trl_utils = compat.trl_fused_head_module()
+    original = getattr(trl_utils, compat.TRL_FUSED_HEAD[1])
     if getattr(original, "duo_compact", False):
         return
 
@@ -30,7 +31,7 @@ def score_labelled_positions_only() -> None:
         return device.type == "cpu" or original(device)
 
     compact.duo_compact = True
-    trl_utils._use_triton = compact
+    setattr(trl_utils, compat.TRL_FUSED_HEAD[1], compact)
 
 
 def use_padding_free(wanted: bool, lengths: list[int], max_length: int) -> bool:
@@ -130,13 +131,15 @@ def cheap_dropout_masks(model) -> int:
     """Swap the nn.Dropout of every LoRA input on a CPU model for MaskDropout; returns how many."""
     import torch
 
+    from duo.compat import training as compat
+
     if next(model.parameters()).device.type != "cpu":
         return 0
     mask_dropout = _mask_dropout_class()
     swapped = 0
     for module in list(model.modules()):
-        drops = getattr(module, "lora_dropout", None)
-        if not isinstance(drops, torch.nn.ModuleDict):
+        drops = compat.lora_dropouts(module)
+        if drops is None:
             continue
         for name, drop in drops.items():
             if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
