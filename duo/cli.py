@@ -1,6 +1,7 @@
 """duo: migrate one task's skill from a service LLM into a small local GGUF model.
 
-Every entry point is here: cycle, converge, serve, report, bench, status, chat, import, curate, measure.
+Every entry point is here: cycle, converge, serve, report, bench, status, chat, import, curate, measure,
+record, review.
 Run: duo -h
 """
 from __future__ import annotations
@@ -258,12 +259,14 @@ def bench_cmd(sections: tuple[str, ...]) -> None:
 
 # Commands that live with their modules: `duo report` (make report), `duo serve` (make serve), `duo measure`.
 from duo.measure import main as _measure  # noqa: E402
+from duo.record import main as _record  # noqa: E402
 from duo.report import main as _report  # noqa: E402
 from duo.serve import main as _serve  # noqa: E402
 
 main.add_command(_report, "report")
 main.add_command(_serve, "serve")
 main.add_command(_measure, "measure")
+main.add_command(_record, "record")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ service: 400 judge calls through the evaluate stage's code against a loopback Op
 server answering each call after 500 ms, at concurrency 16 (ideal 400 x 0.5 s / 16 = 12.5 s); then
 the same stage again, answered from the journal.
 
-cycle, train, infer, synth, serve, quality: tests/bench_cycle.py, bench_train.py, bench_infer.py,
-bench_synth.py, bench_serve.py, bench_quality.py (their docstrings say what is measured and how).
+cycle, train, infer, synth, serve, record, quality: tests/bench_cycle.py, bench_train.py, bench_infer.py,
+bench_synth.py, bench_serve.py, bench_record.py, bench_quality.py (their docstrings say what is measured
+and how).
 
-Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth] [serve] [quality]
+Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth] [serve] [record] [quality]
      (no argument: all but levers and quality)
 """
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _curate_child(n: int, seen: int, test: int) -> None:
                       "curate.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
-SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth", "serve", "quality")
+SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth", "serve", "record", "quality")
 # asked for by name only: two full finetunes of the default recipe (~40 min on 2 cores) would push
 # `make bench` past its 45 minutes
 OPT_IN = ("quality",)
@@ -283,6 +284,10 @@ def _section(section: str, sections: list[str], state: dict) -> dict:
         from tests import bench_serve
 
         got = bench_serve.bench_serve()
+    elif section == "record":
+        from tests import bench_record
+
+        got = bench_record.bench_record()
     elif section == "quality":
         from tests import bench_quality
 
