@@ -142,18 +142,22 @@ def chat_cmd(prompt, model_path, system, max_tokens, temperature, n_ctx, threads
 @click.option("--task", "task_name", help="One task for every row (instead of a task column).")
 @click.option("--id-col", default="id", show_default=True, help="Rows without it get a content hash id.")
 @click.option("--messages-col", default="messages", show_default=True,
-              help="Chat records: the list of {role, content} (first user -> prompt, first assistant -> response).")
-@click.option("--system", type=click.Choice(["prepend", "drop"]), default="prepend", show_default=True,
-              help="Chat records: system messages are prepended to the prompt, or dropped.")
+              help="Chat records: the list of {role, content}; the last (assistant) message is the response.")
+@click.option("--system", type=click.Choice(["keep", "prepend", "drop"]), default="keep", show_default=True,
+              help="Chat records: system messages kept as the system turn, folded into the first user turn, or dropped.")
+@click.option("--batch-input", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="SRC is an OpenAI batch output file: this is its input file (the requests, by custom_id).")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records (listed) instead of stopping at the first.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--params", "params_path", default="params.yaml", show_default=True,
               help="coverage.train_ratio for the too-few-rows warning (default 0.8 without the file).")
 def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_col, messages_col, system,
-               skip_invalid, force, params_path) -> None:
-    """Convert SRC (JSONL, CSV, Parquet; columns or chat records) into coverage rows for `make cycle`.
+               batch_input, skip_invalid, force, params_path) -> None:
+    """Convert SRC (JSONL, CSV, Parquet; columns, chat records, OpenAI chat-completions logs or batch
+    output, duo record's traffic) into coverage rows for `make cycle`.
 
-    Rows become {"id","task","prompt","response"}; identical (prompt, response) pairs are kept once.
+    Rows become {"id","task","prompt","response"}, or {"id","task","messages","response"} for a
+    conversation (system prompt, earlier turns); identical pairs are kept once.
     A bad record stops the import with `path:line: reason` (Parquet: `path:row N`) unless --skip-invalid.
     """
     from duo import importer
@@ -170,7 +174,7 @@ def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_
     fmt = importer.detect_format(src, fmt)
     mapping = importer.Mapping(prompt=prompt_col, response=response_col, task_col=task_col,
                                task=task_name.strip() if task_name else None, id_col=id_col,
-                               messages=messages_col, system=system)
+                               messages=messages_col, system=system, batch_input=batch_input)
     total, unit, _ = importer.source(src, fmt)
     with progress.bar(total, "import", unit=unit, unit_scale=unit == "B") as bar:
         rows, report = importer.run(src, fmt, mapping, skip_invalid=skip_invalid, bar=bar)
@@ -187,9 +191,11 @@ def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_
         click.echo(f"warning: {warning}", err=True)
     tasks = ", ".join(f"{t} {n}" for t, n in sorted(report.per_task.items()))
     extra = ""
-    if report.chat_records:
-        extra = (f"; {report.chat_records} chat records ({report.system_prepended} with a system message "
-                 f"{'prepended' if system == 'prepend' else 'dropped'}, {report.later_turns_dropped} later turns dropped)")
+    if report.chat_records or report.log_records:
+        extra = (f"; {report.chat_records} chat records, {report.log_records} API log records, "
+                 f"{report.conversations} kept as conversations (system prompt or earlier turns)")
+        if report.system_prepended:
+            extra += f", {report.system_prepended} with the system message folded into the prompt"
     progress.summary("import", f"{report.read} read ({fmt}), {report.kept} kept, {report.duplicates} duplicate "
                      f"pairs dropped, {len(report.invalid)} invalid skipped{extra} -> {out}; tasks: {tasks}")
 
