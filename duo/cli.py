@@ -266,6 +266,7 @@ def bench_cmd(sections: tuple[str, ...]) -> None:
 # Commands that live with their modules: `duo report` (make report), `duo serve` (make serve), `duo measure`.
 from duo.measure import main as _measure  # noqa: E402
 from duo.record import main as _record  # noqa: E402
+from duo.review import main as _review  # noqa: E402
 from duo.report import main as _report  # noqa: E402
 from duo.serve import main as _serve  # noqa: E402
 
@@ -273,6 +274,7 @@ main.add_command(_report, "report")
 main.add_command(_serve, "serve")
 main.add_command(_measure, "measure")
 main.add_command(_record, "record")
+main.add_command(_review, "review")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class Mapping:
     messages: str = "messages"
     system: str = "keep"             # keep | prepend | drop
     batch_input: Path | None = None  # a batch-API input file: the requests of a batch output file
+    task_optional: bool = False      # a row without a task gets None (duo review asks for one)
 
 
 @dataclass
@@ -234,11 +235,13 @@ def to_row(obj: dict, m: Mapping, report: Report, batch: dict | None = None) -> 
         try:
             task = _text(obj, col, "task")
         except RowError as exc:
-            raise RowError(f"{exc} (or give every row one task with --task NAME)") from None
+            if not m.task_optional:
+                raise RowError(f"{exc} (or give every row one task with --task NAME)") from None
+            task = None
     value = obj.get(m.id_col)
     if value is None or (isinstance(value, str) and not value.strip()):
         said = fields.get("prompt") or json.dumps(fields["messages"], ensure_ascii=False, sort_keys=True)
-        digest = hashlib.sha256("\x1f".join((task, said, response)).encode()).hexdigest()
+        digest = hashlib.sha256("\x1f".join((task or "", said, response)).encode()).hexdigest()
         row_id = f"imp-{digest[:12]}"
     elif isinstance(value, (str, int)) and not isinstance(value, bool):
         row_id = str(value).strip()
