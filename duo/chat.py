@@ -70,6 +70,27 @@ def conversation(row: dict, template: str | None = None) -> dict:
             "completion": [{"role": "assistant", "content": row["response"]}]}
 
 
+def tokenized(tokenizer, row: dict) -> dict:
+    """A training example (`input_ids`, `completion_mask`) of a row, as the served student meets it: the
+    prompt's tokens exactly as the server tokenizes the rendered prompt, then the answer's own tokens
+    (generated after the prompt, so tokenized on their own). Tokenizing prompt and answer together, as
+    TRL does, lets a tokenizer merge across the boundary (Llama 3's "\n\n" before a word, with a GPT-2
+    style tokenizer): the prompt trained on would then end in other tokens than the one served. A
+    template that renders the prompt differently once answered gets TRL's way: the common prefix."""
+    conv = conversation(row, tokenizer.chat_template)
+    prompt = tokenizer.apply_chat_template(conv["prompt"], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(conv["prompt"] + conv["completion"], tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if full.startswith(prompt):
+        answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    else:
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        n = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids)))
+        prompt_ids, answer_ids = full_ids[:n], full_ids[n:]
+    return {"input_ids": list(prompt_ids) + list(answer_ids),
+            "completion_mask": [0] * len(prompt_ids) + [1] * len(answer_ids)}
+
+
 def with_prompt(row: dict) -> dict:
     """The row with `prompt` set to its final user turn (rows that carry only messages)."""
     if "prompt" in row or not row.get("messages"):
@@ -89,10 +110,22 @@ def context(row: dict) -> list[dict]:
     return messages(row)[:-1]
 
 
+def context_of(row: dict) -> dict:
+    """`{"messages": ...}` for a conversation row, {} for a one-turn row: what a prediction row carries
+    along so that the judge sees the context."""
+    return {"messages": row["messages"]} if row.get("messages") else {}
+
+
+FINAL = "[Final user message]"
+
+
 def like(seed: dict, instruction: str) -> dict:
     """Row fields of a new conversation shaped like `seed`'s: its system prompt and earlier turns
-    verbatim, `instruction` as the final user turn."""
-    return fields(context(seed) + [{"role": "user", "content": instruction}])
+    verbatim, `instruction` as the final user turn (a teacher that copied the transcript's labels from
+    `transcript(seed)` has them cut off)."""
+    if FINAL in instruction:
+        instruction = instruction.rsplit(FINAL, 1)[1].strip() or instruction
+    return {"prompt": instruction, **fields(context(seed) + [{"role": "user", "content": instruction}])}
 
 
 def transcript(row: dict) -> str:
@@ -103,7 +136,7 @@ def transcript(row: dict) -> str:
         return conv[0]["content"]
     labels = {"system": "System prompt", "developer": "System prompt", "user": "User", "assistant": "Assistant"}
     parts = [f"[{labels[m['role']]}]\n{m['content']}" for m in conv[:-1]]
-    return "\n\n".join(parts + [f"[Final user message]\n{conv[-1]['content']}"])
+    return "\n\n".join(parts + [f"{FINAL}\n{conv[-1]['content']}"])
 
 
 def for_template(conv: list[dict], template: str | None) -> list[dict]:

@@ -63,6 +63,13 @@ def _prompt_tokens(llm, messages: list[dict]) -> int:
     return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=True, special=True))
 
 
+def _as_served(llm, messages: list[dict]) -> list[dict]:
+    """The messages as `make serve` hands them to this GGUF's template (duo/chat.py)."""
+    from duo import chat
+
+    return chat.for_template(messages, llm.metadata.get("tokenizer.chat_template"))
+
+
 @main.command("chat")
 @click.argument("prompt", required=False)
 @click.option("--model", "model_path", default=str(contracts.GGUF), show_default=True,
@@ -82,6 +89,7 @@ def chat_cmd(prompt, model_path, system, max_tokens, temperature, n_ctx, threads
 
     def reply(messages: list[dict]) -> str:
         parts = []
+        messages = _as_served(llm, messages)
         # llama.cpp fails obscurely on a prompt longer than the context: say it plainly first.
         if (n := _prompt_tokens(llm, messages)) >= llm.n_ctx():
             raise click.ClickException(f"the conversation is {n} tokens; the context window (--n-ctx) is "

@@ -111,6 +111,8 @@ class Relay:
         self.upstream_model = name
         self.passthrough = passthrough and (svc.is_local or provider in PASSTHROUGH_KEYS)
         key = "no-key" if svc.is_local else os.environ.get(PASSTHROUGH_KEYS.get(provider, ""), dynamic_key)
+        if provider == "openai" and not api_base:  # where litellm looks, in its order
+            api_base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
         self.url = (api_base or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
         self.priced = self._priced()

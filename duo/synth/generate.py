@@ -14,6 +14,7 @@ import math
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
+from duo import chat
 from duo.synth import filters, teacher
 from duo.synth.curate import CurationIndex
 
@@ -108,6 +109,7 @@ def _take(draw: int, seed_row: dict, reply, index: CurationIndex, cycle: int, ou
     for k, pair in enumerate(pairs):
         row = {"id": f"syn-c{cycle}-d{draw}-{k}", "task": task, "prompt": pair["instruction"].strip(),
                "response": pair["response"].strip(), "seed_id": seed_row["id"], "cycle": cycle}
+        row.update(chat.like(seed_row, row["prompt"]))  # the seed's system prompt and earlier turns, verbatim
         tally.pairs += 1
         tally.candidates[task] += 1
         verdict = index.check(row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from duo import contracts, prompts
+from duo import chat, contracts, prompts
 from duo.replies import json_objects
 from duo.service import Request
 
@@ -43,7 +43,7 @@ def request_for(seed_row: dict, p, structured: bool, cycle: int, draw: int) -> R
     earlier cycle or pass used) and its own tag (journal replays stay within the cycle's own draws)."""
     name = "synth_summarization.txt" if seed_row["task"] == "summarization" else "synth.txt"
     topic = TOPICS.get(seed_row["task"], seed_row["task"].replace("_", " "))
-    text = prompts.render(name, instruction=seed_row["prompt"], response=seed_row["response"], topic=topic,
+    text = prompts.render(name, instruction=chat.transcript(seed_row), response=seed_row["response"], topic=topic,
                           n=str(p.pairs_per_request))
     fmt = {"type": "json_object", "schema": schema(p.pairs_per_request)} if structured else {"type": "json_object"}
     return Request(messages=[{"role": "user", "content": text}], temperature=p.temperature,
