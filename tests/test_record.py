@@ -69,6 +69,24 @@ def test_traffic_log_appends_whole_lines_and_closes_a_torn_one(tmp_path):
     assert ids[0] == "old" and sorted(ids[1:]) == sorted(f"e{i}" for i in range(16))
 
 
+def test_a_streamed_reply_is_put_back_together_with_tool_calls_and_usage():
+    from duo.service.relay import assemble
+
+    chunks = [{"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+              {"choices": [{"index": 0, "delta": {"content": "Let me "}}]},
+              {"choices": [{"index": 0, "delta": {"content": "check."}}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [
+                  {"index": 0, "id": "call_1", "function": {"name": "lookup", "arguments": '{"id"'}}]}}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ': 7}'}}]}}]},
+              {"choices": [{"index": 1, "delta": {"content": "other choice"}}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+              {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}]
+    out = assemble(chunks)
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": "Let me check.", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"id": 7}'}}]}
+    assert out["choices"][0]["finish_reason"] == "tool_calls" and out["usage"]["total_tokens"] == 7
+
+
 # --- integration: the real command ------------------------------------------------------------------
 
 class Proxy:

@@ -28,11 +28,11 @@ TICKETS = ["I was charged twice this month", "The website is down for everyone",
            "Refund my last payment please", "The app will not load at all"]
 
 
-def app(base_url: str, api_key: str, model: str, tickets: list[str]) -> list[str]:
-    """The application's own code: it never changes, only the three values it is given."""
+def app(base_url: str, model: str, tickets: list[str]) -> list[str]:
+    """The application's own code: it never changes, only the base URL and the model name it is given."""
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key=api_key)
+    client = openai.OpenAI(base_url=base_url, api_key="the-apps-own-key")
     answers = []
     for ticket in tickets:
         reply = client.chat.completions.create(
@@ -79,7 +79,7 @@ def test_record_review_cycle_serve_with_the_same_client_code(tmp_path):
     port = local_llm.free_port()
     recorder = start(["record", "--port", str(port)], repo, {}, lambda p: local_llm._ready(f"http://127.0.0.1:{port}/health"))
     try:
-        before = app(f"http://127.0.0.1:{port}/v1", "app-key", "gpt-4o", TICKETS)
+        before = app(f"http://127.0.0.1:{port}/v1", "gpt-4o", TICKETS)
     finally:
         stop(recorder)
     exchanges = [obj for path in traffic.files(repo / "data" / "traffic") for _, obj in traffic.read(path)]
@@ -116,7 +116,7 @@ def test_record_review_cycle_serve_with_the_same_client_code(tmp_path):
     server = start(["serve", "--threads", "2"], repo, {"SERVE_PORT": str(port)},
                    lambda p: local_llm._ready(f"http://127.0.0.1:{port}/health"))
     try:
-        after = app(f"http://127.0.0.1:{port}/v1", "none", "student", TICKETS)
+        after = app(f"http://127.0.0.1:{port}/v1", "student", TICKETS)
     finally:
         stop(server)
     assert len(after) == len(TICKETS) and all(isinstance(a, str) for a in after)
