@@ -298,3 +298,11 @@ def test_a_key_guards_the_proxy_and_a_network_host_needs_one(tmp_path, provider,
     result = CliRunner().invoke(record.main, ["--host", "0.0.0.0"])
     assert result.exit_code == 1 and "refusing to listen on 0.0.0.0 without a key" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_service_model_litellm_cannot_place_is_a_clean_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("service:\n  model: nonsense/x\n")
+    result = CliRunner().invoke(record.main, ["--port", str(local_llm.free_port())])
+    assert result.exit_code == 1 and "service.model 'nonsense/x': litellm cannot tell its provider" in result.output
+    assert "Traceback" not in result.output

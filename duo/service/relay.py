@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import click
+
 from duo.service import errors
 from duo.service.client import Service
 from duo.service.limits import RateLimiter
@@ -107,7 +109,11 @@ class Relay:
         self.limiter = RateLimiter(rpm, tpm)
         litellm.drop_params = True
         litellm.suppress_debug_info = True
-        name, provider, dynamic_key, api_base = litellm.get_llm_provider(svc.model, api_base=svc.api_base)
+        try:
+            name, provider, dynamic_key, api_base = litellm.get_llm_provider(svc.model, api_base=svc.api_base)
+        except Exception as exc:  # litellm's BadRequestError for a provider it does not know
+            raise click.ClickException(f"params.yaml: service.model {svc.spec!r}: litellm cannot tell its provider "
+                                       f"({errors.scrub(str(exc))[:200]})") from None
         self.upstream_model = name
         self.passthrough = passthrough and (svc.is_local or provider in PASSTHROUGH_KEYS)
         key = "no-key" if svc.is_local else os.environ.get(PASSTHROUGH_KEYS.get(provider, ""), dynamic_key)
