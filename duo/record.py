@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import click
+import orjson
 
 from duo import traffic
 from duo.serve import LOOPBACK, check_port
@@ -112,7 +113,7 @@ class Recorder:
                                                 "authentication_error"), status=401)
         at, start = time.time(), time.monotonic()
         try:
-            body = json.loads(await request.read())
+            body = orjson.loads(await request.read())
         except ValueError as exc:
             return web.json_response(error_body(f"the request body is not JSON ({exc})"), status=400)
         why = problem(body)

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+
 TRAFFIC_DIR = Path("data/traffic")
 
 
@@ -66,7 +68,7 @@ class TrafficLog:
 
     def append(self, exchange: dict, at: float | None = None) -> Path:
         """Write one exchange (to the file of the day `at`, a time.time(), falls on)."""
-        data = (json.dumps(exchange, ensure_ascii=False) + "\n").encode()
+        data = orjson.dumps(exchange) + b"\n"
         path = file_for(self.directory, time.time() if at is None else at)
         with self._lock:
             fd = self._fd(path)

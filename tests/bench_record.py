@@ -5,7 +5,11 @@ after 200 ms), the proxy (`duo record`, the real command, provider key in its en
 clients (this process: asyncio + aiohttp, one connection pool per path). Every round sends the same
 requests straight to the provider and through the proxy, interleaved, so both paths see the same
 machine load; the added latency is (proxy-path percentile - direct-path percentile). At 1 and 32
-concurrent clients, non-streamed; at 1 client also streamed (time to the last byte). Errors are
+concurrent clients, non-streamed; at 1 client also streamed (time to the last byte). The 32 clients
+start spread over one provider latency, so the load is steady (each sends its next request when its
+last one is answered); `c32_burst` starts them together, so that (against a provider of constant
+latency) all 32 requests land at once every round: the worst case, where the proxy's per-request CPU
+adds up. Errors are
 counted, and every proxied request must be in data/traffic/ when the proxy stops (`recorded_all`). The
 machine's load average is recorded with each case (other jobs share these cores). Measured twice: the
 default (an OpenAI-compatible provider gets the request passed through, `record.*`) and with every
@@ -36,7 +40,8 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def _round(session, url: str, clients: int, per_client: int, stream: bool) -> tuple[list[float], int]:
+async def _round(session, url: str, clients: int, per_client: int, stream: bool, stagger: bool = False
+                 ) -> tuple[list[float], int]:
     body = {"model": "app-model", "max_tokens": 64, "temperature": 0.2, "stream": stream,
             "messages": [{"role": "system", "content": "You are ACME's support bot. One sentence."},
                          {"role": "user", "content": "How do I reset the router?"}]}
@@ -44,8 +49,10 @@ async def _round(session, url: str, clients: int, per_client: int, stream: bool)
     latencies: list[float] = []
     errors = 0
 
-    async def client() -> None:
+    async def client(k: int) -> None:
         nonlocal errors
+        if stagger:  # spread over one provider latency: a steady load, not 32 requests landing at once
+            await asyncio.sleep(LATENCY_S * k / clients)
         for _ in range(per_client):
             start = time.perf_counter()
             try:
@@ -61,11 +68,12 @@ async def _round(session, url: str, clients: int, per_client: int, stream: bool)
             else:
                 errors += 1
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(k) for k in range(clients)))
     return latencies, errors
 
 
-async def _measure(direct: str, proxy: str, clients: int, rounds: int, per_client: int, stream: bool) -> dict:
+async def _measure(direct: str, proxy: str, clients: int, rounds: int, per_client: int, stream: bool,
+                   stagger: bool = False) -> dict:
     import aiohttp
 
     paths = {"direct": direct, "proxy": proxy}
@@ -77,7 +85,7 @@ async def _measure(direct: str, proxy: str, clients: int, rounds: int, per_clien
             await _round(sessions[name], url, clients, 2, stream)
         for r in range(rounds):
             for name in (("direct", "proxy") if r % 2 == 0 else ("proxy", "direct")):
-                lat, err = await _round(sessions[name], paths[name], clients, per_client, stream)
+                lat, err = await _round(sessions[name], paths[name], clients, per_client, stream, stagger)
                 got[name] += lat
                 errors[name] += err
     finally:
@@ -113,7 +121,8 @@ def _proxy_figures(direct: str, prefix: str, extra: list[str], cases) -> dict:
             raise RuntimeError(f"duo record did not start: {line}{proxy.stdout.read()[-2000:]}")
         for clients, rounds, per_client, stream, tag in cases:
             figures[f"{prefix}.{tag}.load_avg_1m"] = round(os.getloadavg()[0], 2)
-            got = asyncio.run(_measure(direct, f"http://127.0.0.1:{port}/v1", clients, rounds, per_client, stream))
+            got = asyncio.run(_measure(direct, f"http://127.0.0.1:{port}/v1", clients, rounds, per_client, stream,
+                                       stagger=not tag.endswith("_burst")))
             sent += got["requests"] + 2 * clients  # + warm-up
             for key, value in got.items():
                 figures[f"{prefix}.{tag}.{key}"] = value
@@ -133,8 +142,8 @@ def bench_record() -> dict:
                      "record.client": "aiohttp (asyncio), one pool per path, direct and proxy paths interleaved per round"}
     try:
         # the default: OpenAI-compatible providers pass through
-        figures |= _proxy_figures(direct, "record", [], ((1, 10, 15, False, "c1"), (32, 10, 3, False, "c32"),
-                                                         (1, 6, 10, True, "c1_stream")))
+        figures |= _proxy_figures(direct, "record", [], ((1, 10, 15, False, "c1"), (32, 10, 4, False, "c32"),
+                                                         (32, 6, 3, False, "c32_burst"), (1, 6, 10, True, "c1_stream")))
         # every request through litellm (what any other provider takes): why the default passes through
         figures |= _proxy_figures(direct, "record.litellm", ["--via-litellm"],
                                   ((1, 6, 10, False, "c1"), (32, 6, 3, False, "c32")))

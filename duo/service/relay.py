@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 import click
+import orjson
 
 from duo.service import errors
 from duo.service.client import Service
@@ -188,7 +189,7 @@ class Relay:
         out = params_of(body) | {"model": self.upstream_model, "messages": body["messages"]}
         if stream:
             out |= {"stream": True, "stream_options": {"include_usage": True}}
-        return json.dumps(out).encode()
+        return orjson.dumps(out)
 
     async def _post(self, data: bytes, stream: bool):
         import aiohttp
@@ -221,7 +222,7 @@ class Relay:
         finally:
             resp.release()
         try:
-            return Answer(json.loads(raw), raw)
+            return Answer(orjson.loads(raw), raw)
         except ValueError:
             raise Upstream(502, f"the provider's reply is not JSON: {raw[:200]!r}") from None
 
@@ -283,7 +284,7 @@ class Relay:
                         payload = line[5:].strip()
                         if payload == b"[DONE]":
                             break
-                        chunk = json.loads(payload)
+                        chunk = orjson.loads(payload)
                         if "error" in chunk and not chunk.get("choices"):
                             raise Upstream(502, payload.decode("utf-8", "replace"))
                         yield b"data: " + payload + b"\n\n", chunk
