@@ -16,14 +16,16 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup cycle converge test test-all bench status lock clean-venv serve
+.PHONY: help setup cycle converge test test-all bench status lock clean-venv serve record review
 
 help:
 	@echo "make cycle     one turn of the loop (sets up .venv first)"
 	@echo "make converge  repeat turns until the gate passes or gate.max_cycles"
 	@echo "make test      set up and run the unit and fast tests (make test-all adds integration and slow)"
+	@echo "make record    record the app's traffic: an OpenAI-compatible proxy to the service LLM (RECORD_PORT)"
+	@echo "make review    a local page: accept, edit and label recorded exchanges into data/coverage.jsonl"
 	@echo "make serve     the student GGUF as an OpenAI-compatible API (SERVE_HOST, SERVE_PORT)"
-	@echo "make bench     measured figures -> metrics/bench.json (SECTION=cycle|train|infer|service|curate|synth|serve|quality|loop|defaults)"
+	@echo "make bench     measured figures -> metrics/bench.json (SECTION=cycle|train|infer|service|curate|synth|serve|record|quality|loop|defaults)"
 	@echo "make report    reports/cycle-<t>.html: scores, cost, break-even (opens offline)"
 	@echo "make setup     only create/update the environment"
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
@@ -96,6 +98,14 @@ converge: setup
 
 status: setup
 	$(VENV)/bin/duo status
+
+# the app's base URL -> http://127.0.0.1:8100/v1: each exchange goes to service.model and into data/traffic/
+record: setup
+	$(VENV)/bin/duo record
+
+# a local page over data/traffic/ (URL with a random token printed): accepted exchanges -> data/coverage.jsonl
+review: setup
+	$(VENV)/bin/duo review
 
 # models/student.gguf on http://127.0.0.1:8000/v1; `make serve SERVE_PORT=9000` (or SERVE_HOST, SERVE_MODEL) changes it
 serve: setup

@@ -1,6 +1,7 @@
 """duo: migrate one task's skill from a service LLM into a small local GGUF model.
 
-Every entry point is here: cycle, converge, estimate, serve, report, bench, status, chat, import, curate, measure.
+Every entry point is here: cycle, converge, estimate, serve, report, bench, status, chat, import, curate,
+measure, record, review.
 Run: duo -h
 """
 from __future__ import annotations
@@ -82,6 +83,13 @@ def _prompt_tokens(llm, messages: list[dict]) -> int:
     return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=False, special=True))
 
 
+def _as_served(llm, messages: list[dict]) -> list[dict]:
+    """The messages as `make serve` hands them to this GGUF's template (duo/chat.py)."""
+    from duo import chat
+
+    return chat.for_template(messages, llm.metadata.get("tokenizer.chat_template"))
+
+
 @main.command("chat")
 @click.argument("prompt", required=False)
 @click.option("--model", "model_path", default=str(contracts.GGUF), show_default=True,
@@ -96,15 +104,12 @@ def chat_cmd(prompt, model_path, system, max_tokens, temperature, n_ctx, threads
 
     In a conversation each line is a message; /reset starts over, /exit (or end of input) quits.
     """
-    from duo.export import families
-
     llm = _load_llm(model_path, n_ctx, threads)
     start = [{"role": "system", "content": system}] if system else []
-    template = llm.metadata["tokenizer.chat_template"]
 
     def reply(messages: list[dict]) -> str:
         parts = []
-        messages = families.served(template, messages)  # no system role (Gemma): folded as llama-server folds it
+        messages = _as_served(llm, messages)
         # llama.cpp fails obscurely on a prompt longer than the context: say it plainly first.
         if (n := _prompt_tokens(llm, messages)) >= llm.n_ctx():
             raise click.ClickException(f"the conversation is {n} tokens; the context window (--n-ctx) is "
@@ -165,18 +170,22 @@ def chat_cmd(prompt, model_path, system, max_tokens, temperature, n_ctx, threads
 @click.option("--task", "task_name", help="One task for every row (instead of a task column).")
 @click.option("--id-col", default="id", show_default=True, help="Rows without it get a content hash id.")
 @click.option("--messages-col", default="messages", show_default=True,
-              help="Chat records: the list of {role, content} (first user -> prompt, first assistant -> response).")
-@click.option("--system", type=click.Choice(["prepend", "drop"]), default="prepend", show_default=True,
-              help="Chat records: system messages are prepended to the prompt, or dropped.")
+              help="Chat records: the list of {role, content}; the last (assistant) message is the response.")
+@click.option("--system", type=click.Choice(["keep", "prepend", "drop"]), default="keep", show_default=True,
+              help="Chat records: system messages kept as the system turn, folded into the first user turn, or dropped.")
+@click.option("--batch-input", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="SRC is an OpenAI batch output file: this is its input file (the requests, by custom_id).")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records (listed) instead of stopping at the first.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--params", "params_path", default="params.yaml", show_default=True,
               help="coverage.train_ratio for the too-few-rows warning (default 0.8 without the file).")
 def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_col, messages_col, system,
-               skip_invalid, force, params_path) -> None:
-    """Convert SRC (JSONL, CSV, Parquet; columns or chat records) into coverage rows for `make cycle`.
+               batch_input, skip_invalid, force, params_path) -> None:
+    """Convert SRC (JSONL, CSV, Parquet; columns, chat records, OpenAI chat-completions logs or batch
+    output, duo record's traffic) into coverage rows for `make cycle`.
 
-    Rows become {"id","task","prompt","response"}; identical (prompt, response) pairs are kept once.
+    Rows become {"id","task","prompt","response"}, or {"id","task","messages","response"} for a
+    conversation (system prompt, earlier turns); identical pairs are kept once.
     A bad record stops the import with `path:line: reason` (Parquet: `path:row N`) unless --skip-invalid.
     """
     from duo import importer
@@ -193,7 +202,7 @@ def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_
     fmt = importer.detect_format(src, fmt)
     mapping = importer.Mapping(prompt=prompt_col, response=response_col, task_col=task_col,
                                task=task_name.strip() if task_name else None, id_col=id_col,
-                               messages=messages_col, system=system)
+                               messages=messages_col, system=system, batch_input=batch_input)
     total, unit, _ = importer.source(src, fmt)
     with progress.bar(total, "import", unit=unit, unit_scale=unit == "B") as bar:
         rows, report = importer.run(src, fmt, mapping, skip_invalid=skip_invalid, bar=bar)
@@ -210,9 +219,11 @@ def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_
         click.echo(f"warning: {warning}", err=True)
     tasks = ", ".join(f"{t} {n}" for t, n in sorted(report.per_task.items()))
     extra = ""
-    if report.chat_records:
-        extra = (f"; {report.chat_records} chat records ({report.system_prepended} with a system message "
-                 f"{'prepended' if system == 'prepend' else 'dropped'}, {report.later_turns_dropped} later turns dropped)")
+    if report.chat_records or report.log_records:
+        extra = (f"; {report.chat_records} chat records, {report.log_records} API log records, "
+                 f"{report.conversations} kept as conversations (system prompt or earlier turns)")
+        if report.system_prepended:
+            extra += f", {report.system_prepended} with the system message folded into the prompt"
     progress.summary("import", f"{report.read} read ({fmt}), {report.kept} kept, {report.duplicates} duplicate "
                      f"pairs dropped, {len(report.invalid)} invalid skipped{extra} -> {out}; tasks: {tasks}")
 
@@ -282,12 +293,16 @@ def bench_cmd(sections: tuple[str, ...]) -> None:
 
 # Commands that live with their modules: `duo report` (make report), `duo serve` (make serve), `duo measure`.
 from duo.measure import main as _measure  # noqa: E402
+from duo.record import main as _record  # noqa: E402
+from duo.review import main as _review  # noqa: E402
 from duo.report import main as _report  # noqa: E402
 from duo.serve import main as _serve  # noqa: E402
 
 main.add_command(_report, "report")
 main.add_command(_serve, "serve")
 main.add_command(_measure, "measure")
+main.add_command(_record, "record")
+main.add_command(_review, "review")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import click
 
-from duo import contracts, records, splits, text
+from duo import chat, contracts, records, splits, text
 from duo import params as params_mod
 
 SAMPLE = 200  # prompts whose tokens are counted; the mean stands for the rest
@@ -92,8 +92,10 @@ def _journaled(name: str) -> set[int]:
 def _split(params) -> tuple[list[dict], list[dict]]:
     """(train, test) as the prepare stage splits the coverage rows now."""
     p = params.coverage
-    rows = [dict(obj, line=line, key=text.key(obj["prompt"])) for line, _, obj in records.iter_records(
-        p.path, contracts.ROW_FIELDS, unique="id", max_bytes=p.max_record_bytes, what="coverage.max_record_bytes")]
+    rows = [dict(chat.with_prompt(obj), line=line, key=text.key(chat.transcript(obj)))
+            for line, _, obj in records.iter_records(p.path, contracts.COVERAGE_FIELDS, unique="id",
+                                                     max_bytes=p.max_record_bytes, what="coverage.max_record_bytes",
+                                                     check=chat.problem)]
     train, _, test, _ = splits.split_by_prompt(rows, p.train_ratio, p.seed, params.finetune.validation_ratio,
                                                params.finetune.validation_min_rows, p.path)
     return train, test

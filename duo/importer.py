@@ -1,17 +1,21 @@
-"""`duo import`: turn a user's JSONL, CSV or Parquet file into coverage rows {"id","task","prompt","response"}.
+"""`duo import`: turn a user's JSONL, CSV or Parquet file into coverage rows: `{"id","task","prompt","response"}`,
+or `{"id","task","messages","response"}` for a conversation (system prompt and earlier turns kept whole).
 
-Two record layouts are understood:
+Record layouts understood:
 - columns: a prompt, a response, a task (or `--task NAME` for the whole file) and optionally an id;
 - chat records, as in the No Robots dataset: `{"messages": [{"role": ..., "content": ...}], "category": ...}`.
-  The first user message is the prompt and the first assistant message after it the response; later turns
-  are dropped (counted). System messages before the first user message are prepended to the prompt
-  (a blank line between), because the pairs train without a system turn and the instruction must not be
-  lost; `system="drop"` discards them instead.
+  The last message must be the assistant's: it is the response, and everything before it (system prompt,
+  earlier turns, the final user turn) is the row's conversation, kept as it is (duo/chat.py renders it
+  with the student's chat template in training and serving alike). `system="prepend"` folds system
+  messages into the first user turn instead (a blank line between), `system="drop"` discards them;
+- OpenAI chat-completions logs (duo/openai_logs.py): request/response pairs as apps and gateways write
+  them, batch-API output files (with `--batch-input`, the batch's input file), and duo's own traffic files.
+A conversation that is a single user turn becomes a plain `prompt` row.
 
 A record is a chat record when it lacks the response column and has the messages column.
 Prompt, response and task are stripped of surrounding whitespace. Ids: the id column when present (text,
-or an integer written as text), else `imp-` + 12 hex digits of a hash of (task, prompt, response): stable
-across runs. Identical (prompt, response) pairs keep their first occurrence.
+or an integer written as text), else `imp-` + 12 hex digits of a hash of (task, conversation, response):
+stable across runs. Identical (conversation, response) pairs keep their first occurrence.
 Errors name `path:line` (JSONL; CSV: the physical line where the record starts) or `path:row N` (Parquet,
 0-based row index).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import Callable, Iterator
 
 import click
 
-from duo import records
+from duo import chat, openai_logs, records
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS = sorted(set(SUFFIXES.values()))
@@ -40,7 +45,9 @@ class Mapping:
     task: str | None = None          # one task for every row
     id_col: str = "id"
     messages: str = "messages"
-    system: str = "prepend"          # prepend | drop
+    system: str = "keep"             # keep | prepend | drop
+    batch_input: Path | None = None  # a batch-API input file: the requests of a batch output file
+    task_optional: bool = False      # a row without a task gets None (duo review asks for one)
 
 
 @dataclass
@@ -51,18 +58,18 @@ class Report:
     invalid: list[str] = field(default_factory=list)   # "where: reason"
     per_task: Counter = field(default_factory=Counter)
     chat_records: int = 0
+    log_records: int = 0             # OpenAI request/response logs, batch output, duo traffic
+    conversations: int = 0           # rows kept with their messages (system prompt or earlier turns)
     system_prepended: int = 0
-    later_turns_dropped: int = 0
 
     def as_dict(self) -> dict:
         return {"read": self.read, "kept": self.kept, "duplicates": self.duplicates,
                 "invalid": len(self.invalid), "invalid_rows": self.invalid, "per_task": dict(self.per_task),
-                "chat_records": self.chat_records, "system_prepended": self.system_prepended,
-                "later_turns_dropped": self.later_turns_dropped}
+                "chat_records": self.chat_records, "log_records": self.log_records,
+                "conversations": self.conversations, "system_prepended": self.system_prepended}
 
 
-class RowError(ValueError):
-    """One record is unusable; the reason, without the location."""
+RowError = openai_logs.RowError
 
 
 def detect_format(path: Path, fmt: str | None) -> str:
@@ -184,46 +191,43 @@ def _text(obj: dict, col: str, what: str) -> str:
     return value.strip()
 
 
-def _chat(obj: dict, m: Mapping, report: Report) -> tuple[str, str]:
+def _chat(obj: dict, m: Mapping, report: Report) -> tuple[list[dict], str]:
+    """(conversation, response) of a chat record: the last message is the assistant's answer."""
     messages = obj[m.messages]
     if not isinstance(messages, list) or not all(isinstance(x, dict) for x in messages):
         raise RowError(f"'{m.messages}' must be a list of {{\"role\", \"content\"}} objects")
-    system, prompt, response, later = [], None, None, 0
     for i, msg in enumerate(messages):
-        role, content = msg.get("role"), msg.get("content")
-        if not isinstance(content, str):
-            raise RowError(f"{m.messages}[{i}]: content must be text, got {type(content).__name__}")
-        if prompt is None:
-            if role == "system":
-                system.append(content.strip())
-            elif role == "user":
-                prompt = content
-            else:
-                raise RowError(f"{m.messages}[{i}]: a '{role}' message before the first user message")
-        elif response is None:
-            if role != "assistant":
-                raise RowError(f"{m.messages}[{i}]: expected the assistant's reply, got role '{role}'")
-            response = content
-        else:
-            later += 1
-    if prompt is None or not prompt.strip():
-        raise RowError(f"'{m.messages}' holds no (non-empty) user message")
-    if response is None or not response.strip():
-        raise RowError(f"'{m.messages}' holds no (non-empty) assistant reply to the first user message")
-    system = [s for s in system if s]
-    if system and m.system == "prepend":
-        prompt = "\n\n".join(system + [prompt.strip()])
-        report.system_prepended += 1
+        if not isinstance(msg.get("content"), str):
+            raise RowError(f"{m.messages}[{i}]: content must be text, got {type(msg.get('content')).__name__}")
+    if not messages or messages[-1].get("role") != "assistant" or not messages[-1]["content"].strip():
+        raise RowError(f"'{m.messages}' does not end with a (non-empty) assistant reply")
+    conv = [{"role": x.get("role"), "content": x["content"].strip()} for x in messages[:-1]]
+    system = [x["content"] for x in conv if x["role"] in ("system", "developer")]
+    if system and m.system != "keep":
+        conv = [x for x in conv if x["role"] not in ("system", "developer")]
+        first_user = next((i for i, x in enumerate(conv) if x["role"] == "user"), None)
+        if m.system == "prepend" and first_user is not None:
+            joined = "\n\n".join([s for s in system if s] + [conv[first_user]["content"]])
+            conv[first_user] = {"role": "user", "content": joined}
+            report.system_prepended += 1
+    why = chat.problem({"messages": conv})
+    if why:
+        raise RowError(f"'{m.messages}': {why}")
     report.chat_records += 1
-    report.later_turns_dropped += later
-    return prompt.strip(), response.strip()
+    return conv, messages[-1]["content"].strip()
 
 
-def to_row(obj: dict, m: Mapping, report: Report) -> dict:
-    if m.response not in obj and m.messages in obj:
-        prompt, response = _chat(obj, m, report)
+def to_row(obj: dict, m: Mapping, report: Report, batch: dict | None = None) -> dict:
+    if openai_logs.kind(obj):
+        conv, response = openai_logs.pair(obj, batch)
+        report.log_records += 1
+    elif m.response not in obj and m.messages in obj:
+        conv, response = _chat(obj, m, report)
     else:
-        prompt, response = _text(obj, m.prompt, "prompt"), _text(obj, m.response, "response")
+        conv = [{"role": "user", "content": _text(obj, m.prompt, "prompt")}]
+        response = _text(obj, m.response, "response")
+    fields = chat.fields(conv)
+    report.conversations += "messages" in fields
     if m.task:
         task = m.task
     else:
@@ -231,16 +235,19 @@ def to_row(obj: dict, m: Mapping, report: Report) -> dict:
         try:
             task = _text(obj, col, "task")
         except RowError as exc:
-            raise RowError(f"{exc} (or give every row one task with --task NAME)") from None
+            if not m.task_optional:
+                raise RowError(f"{exc} (or give every row one task with --task NAME)") from None
+            task = None
     value = obj.get(m.id_col)
     if value is None or (isinstance(value, str) and not value.strip()):
-        digest = hashlib.sha256("\x1f".join((task, prompt, response)).encode()).hexdigest()
+        said = fields.get("prompt") or json.dumps(fields["messages"], ensure_ascii=False, sort_keys=True)
+        digest = hashlib.sha256("\x1f".join((task or "", said, response)).encode()).hexdigest()
         row_id = f"imp-{digest[:12]}"
     elif isinstance(value, (str, int)) and not isinstance(value, bool):
         row_id = str(value).strip()
     else:
         raise RowError(f"id (column '{m.id_col}') must be text or an integer, got {type(value).__name__}")
-    return {"id": row_id, "task": task, "prompt": prompt, "response": response}
+    return {"id": row_id, "task": task, **fields, "response": response}
 
 
 def run(path: Path, fmt: str, m: Mapping, *, skip_invalid: bool = False, bar=None) -> tuple[list[dict], Report]:
@@ -250,12 +257,13 @@ def run(path: Path, fmt: str, m: Mapping, *, skip_invalid: bool = False, bar=Non
     pairs: set[bytes] = set()
     ids: dict[str, str] = {}
     tick = bar.update if bar is not None else (lambda n: None)
+    batch = openai_logs.batch_inputs(m.batch_input) if m.batch_input else None
     for where, obj in reader(tick):
         report.read += 1
         try:
             if isinstance(obj, RowError):
                 raise obj
-            row = to_row(obj, m, report)
+            row = to_row(obj, m, report, batch)
             if row["id"] in ids:
                 raise RowError(f"duplicate id {row['id']!r} (first at {ids[row['id']]})")
         except RowError as exc:
@@ -264,7 +272,8 @@ def run(path: Path, fmt: str, m: Mapping, *, skip_invalid: bool = False, bar=Non
             report.invalid.append(f"{where}: {exc}")
             continue
         # A digest, not the texts: the set stays small for millions of rows.
-        key = hashlib.blake2b(f"{row['prompt']}\x00{row['response']}".encode(), digest_size=16).digest()
+        said = row.get("prompt") or json.dumps(row["messages"], ensure_ascii=False, sort_keys=True)
+        key = hashlib.blake2b(f"{said}\x00{row['response']}".encode(), digest_size=16).digest()
         if key in pairs:
             report.duplicates += 1
             continue

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
+from duo import chat
 from duo import contracts as c
 from duo import export
 from duo import params as params_mod
@@ -43,11 +44,9 @@ def validation_nll(adapter: Path, rows: list[dict]) -> float:
     model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32).eval()
     total, count = 0.0, 0
     with torch.inference_mode():
-        for conv in finetune.to_conversations(rows):
-            prompt = tokenizer.apply_chat_template(conv["prompt"], tokenize=True, add_generation_prompt=True,
-                                                   return_dict=False)
-            full = tokenizer.apply_chat_template(conv["prompt"] + conv["completion"], tokenize=True,
-                                                 return_dict=False)
+        for example in (chat.tokenized(tokenizer, row) for row in rows):
+            full = example["input_ids"]
+            prompt = full[:example["completion_mask"].index(1)]
             ids = torch.tensor([full])
             labels = ids.clone()
             labels[0, :len(prompt)] = -100

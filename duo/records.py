@@ -102,9 +102,10 @@ def iter_jsonl(path: str | Path, *, max_bytes: int | None = None, what: str = "t
 
 def iter_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,
                  allow_empty: bool = False, allow_blank: bool = False, max_bytes: int | None = None,
-                 what: str = "the record size limit") -> Iterator[tuple[int, int, dict]]:
+                 what: str = "the record size limit", check=None) -> Iterator[tuple[int, int, dict]]:
     """Stream (line number, byte offset, record) of a JSONL file whose objects must hold `fields`
-    with the given types (extra keys are kept). Memory: one line, plus the ids seen if `unique`."""
+    with the given types (extra keys are kept) and pass `check(record)` (a reason, or None). Memory:
+    one line, plus the ids seen if `unique`."""
     path = Path(path)
     seen: dict = {}
     count = 0
@@ -117,6 +118,9 @@ def iter_records(path: str | Path, fields: dict[str, type], *, unique: str | Non
                 raise _fail(path, lineno, f"field '{name}' must be {typ.__name__}, got {type(value).__name__}")
             if typ is str and not value.strip() and not allow_blank:
                 raise _fail(path, lineno, f"field '{name}' is empty")
+        reason = check(obj) if check else None
+        if reason:
+            raise _fail(path, lineno, reason)
         if unique:
             key = obj[unique]
             if key in seen:
@@ -130,10 +134,10 @@ def iter_records(path: str | Path, fields: dict[str, type], *, unique: str | Non
 
 def read_records(path: str | Path, fields: dict[str, type], *, unique: str | None = None,
                  allow_empty: bool = False, allow_blank: bool = False, max_bytes: int | None = None,
-                 what: str = "the record size limit") -> list[dict]:
+                 what: str = "the record size limit", check=None) -> list[dict]:
     """Read a JSONL file whose objects must hold `fields` with the given types (extra keys are kept)."""
     return [obj for _, _, obj in iter_records(path, fields, unique=unique, allow_empty=allow_empty,
-                                              allow_blank=allow_blank, max_bytes=max_bytes, what=what)]
+                                              allow_blank=allow_blank, max_bytes=max_bytes, what=what, check=check)]
 
 
 def read_at(path: str | Path, offsets: Iterable[int]) -> Iterator[dict]:

@@ -4,12 +4,12 @@ service: 400 judge calls through the evaluate stage's code against a loopback Op
 server answering each call after 500 ms, at concurrency 16 (ideal 400 x 0.5 s / 16 = 12.5 s); then
 the same stage again, answered from the journal.
 
-cycle, train, infer, synth, serve, quality, loop, defaults: tests/bench_cycle.py, bench_train.py,
-bench_infer.py, bench_synth.py, bench_serve.py, bench_quality.py, bench_loop.py, bench_defaults.py (their
-docstrings say what is measured and how).
+cycle, train, infer, synth, serve, record, quality, loop, defaults: tests/bench_cycle.py, bench_train.py,
+bench_infer.py, bench_synth.py, bench_serve.py, bench_record.py, bench_quality.py, bench_loop.py,
+bench_defaults.py (their docstrings say what is measured and how).
 
-Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth] [serve] [quality] [loop]
-     [defaults]   (no argument: all but levers, quality, loop and defaults)
+Run: python -m tests.bench [cycle] [train [levers]] [infer] [service] [curate] [synth] [serve] [record] [quality]
+     [loop] [defaults]   (no argument: all but levers, quality, loop and defaults)
 """
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def _curate_child(n: int, seen: int, test: int) -> None:
                       "curate.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
-SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth", "serve", "quality", "loop", "defaults")
+SECTIONS = ("cycle", "train", "infer", "service", "curate", "synth", "serve", "record", "quality", "loop", "defaults")
 # asked for by name only: full finetunes on the shipped sample (quality, ~40 min on 2 cores) or the
 # development data (loop ~1 h, defaults hours) would push `make bench` past its 45 minutes
 OPT_IN = ("quality", "loop", "defaults")
@@ -284,6 +284,10 @@ def _section(section: str, sections: list[str], state: dict) -> dict:
         from tests import bench_serve
 
         got = bench_serve.bench_serve()
+    elif section == "record":
+        from tests import bench_record
+
+        got = bench_record.bench_record()
     elif section == "quality":
         from tests import bench_quality
 

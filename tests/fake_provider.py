@@ -56,7 +56,24 @@ class FakeProvider:
                 if path.endswith("/batches"):
                     return self._send(200, provider._create_batch(body), {})
                 status, obj, headers = provider.answer(body, dict(self.headers))
+                if status == 200 and body.get("stream"):
+                    return self._stream(obj, body, headers)
                 self._send(status, obj, headers)
+
+            def _stream(self, obj, body, headers):
+                """The completion as server-sent chunks (chunked transfer), word by word, then the usage
+                chunk when the client asked for it, then [DONE]."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                for event in provider.chunks(obj, body):
+                    data = f"data: {event}\n\n".encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
             def _send(self, status, obj, headers):
                 self._send_raw(status, json.dumps(obj).encode(), "application/json", headers)
@@ -102,6 +119,20 @@ class FakeProvider:
             with self.lock:
                 self.in_flight -= 1
                 self.spans.append((start, time.monotonic()))
+
+    @staticmethod
+    def chunks(obj: dict, body: dict) -> list[str]:
+        """A chat.completion as the chat.completion.chunk events a provider streams."""
+        text = obj["choices"][0]["message"]["content"]
+        base = {"id": obj["id"], "object": "chat.completion.chunk", "created": obj["created"], "model": obj["model"]}
+        words = [w for w in text.split(" ")]
+        deltas = [{"role": "assistant", "content": ""}] + [
+            {"content": w if i == 0 else " " + w} for i, w in enumerate(words)]
+        out = [json.dumps(base | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]}) for d in deltas]
+        out.append(json.dumps(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            out.append(json.dumps(base | {"choices": [], "usage": obj["usage"]}))
+        return out + ["[DONE]"]
 
     # -- files and batches (https://platform.openai.com/docs/api-reference/batch) ---------------
     def _upload(self, content_type: str, raw: bytes) -> dict:

@@ -20,7 +20,8 @@ def invoke(*args, input=None):
 def test_help_lists_the_commands():
     result = invoke("-h")
     assert result.exit_code == 0
-    commands = ("cycle", "converge", "serve", "report", "bench", "status", "chat", "import", "curate", "measure")
+    commands = ("cycle", "converge", "serve", "report", "bench", "status", "chat", "import", "curate", "measure",
+                "record", "review")
     for command in commands:
         assert f"  {command} " in result.output, command
         assert invoke(command, "-h").exit_code == 0, command

@@ -132,7 +132,7 @@ def test_infer_cuts_prompts_longer_than_the_context_and_counts_them():
     rows, metrics = infer.run(test, backend, p, cycle=0)
     assert len(rows) == 4 and all(r["tokens"] > 0 for r in rows)
     assert metrics["truncated_prompts"] == 1
-    fitted = backend.fit(long_prompt)
+    fitted = backend.fit([{"role": "user", "content": long_prompt}])[0]["content"]
     assert fitted.startswith("Summarize:") and fitted.rstrip().endswith("END-MARK") and "[...]" in fitted
     assert len(backend.llm.tokenize(fitted.encode(), add_bos=False)) <= p.n_ctx - p.max_tokens
 

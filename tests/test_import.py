@@ -6,6 +6,7 @@ import json
 
 from click.testing import CliRunner
 
+from duo import chat as chat_mod
 from duo import contracts, records
 from duo.cli import main
 
@@ -116,7 +117,7 @@ def chat(*turns):
     return [{"role": role, "content": text} for role, text in turns]
 
 
-def test_parquet_chat_records_like_no_robots(tmp_path):
+def test_parquet_chat_records_like_no_robots_keep_the_conversation_whole(tmp_path):
     src = _no_robots(tmp_path / "train.parquet", [
         {"prompt": "Write a haiku", "prompt_id": "h1", "category": "Generation",
          "messages": chat(("user", "Write a haiku"), ("assistant", "Leaves fall"))},
@@ -129,19 +130,91 @@ def test_parquet_chat_records_like_no_robots(tmp_path):
     ])
     out = tmp_path / "out.jsonl"
     result = run(src, "--out", out, "--id-col", "prompt_id", ok=False)
-    assert f"{src}:row 2: 'messages' holds no (non-empty) assistant reply" in result.output
+    assert f"{src}:row 2: 'messages' does not end with a (non-empty) assistant reply" in result.output
     result = run(src, "--out", out, "--id-col", "prompt_id", "--skip-invalid")
-    rows = read(out)
+    rows = chat_mod.read_coverage(out)  # what the prepare stage accepts
     assert rows == [
         {"id": "h1", "task": "Generation", "prompt": "Write a haiku", "response": "Leaves fall"},
-        {"id": "h2", "task": "Chat", "prompt": "You are a pirate.\n\nAhoy", "response": "Arr!"},
+        {"id": "h2", "task": "Chat", "messages": chat(("system", "You are a pirate."), ("user", "Ahoy"),
+                                                      ("assistant", "Arr!"), ("user", "More")), "response": "Yo ho"},
         {"id": "h4", "task": "Open QA", "prompt": "Q2", "response": "A2"},
     ]
-    assert "3 chat records (1 with a system message prepended, 2 later turns dropped)" in result.output
+    assert "3 chat records, 0 API log records, 1 kept as conversations" in result.output
     # every task has one row: prepare could not split them
     assert "warning: task 'Chat' has 1 row(s): too few for a train/test split" in result.output
     run(src, "--out", out, "--force", "--system", "drop", "--skip-invalid")
-    assert read(out)[1]["prompt"] == "Ahoy"
+    assert chat_mod.read_coverage(out)[1]["messages"][0] == {"role": "user", "content": "Ahoy"}
+    run(src, "--out", out, "--force", "--system", "prepend", "--skip-invalid")
+    assert chat_mod.read_coverage(out)[1]["messages"][0] == {"role": "user", "content": "You are a pirate.\n\nAhoy"}
+
+
+SYSTEM = "Classify the ticket as billing, outage or other. Answer with the label only."
+
+
+def completion(text):
+    return {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 1, "total_tokens": 31}}
+
+
+def test_openai_request_response_logs_keep_system_prompt_and_history(tmp_path):
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "I was charged twice"}]
+    history = msgs + [{"role": "assistant", "content": "billing"},
+                      {"role": "user", "content": [{"type": "text", "text": "And the site is down"}]}]
+    src = jl(tmp_path / "gateway.jsonl", [
+        {"request": {"model": "gpt-4o", "messages": msgs, "temperature": 0}, "response": completion("billing")},
+        {"request": {"body": {"model": "gpt-4o", "messages": history}},
+         "response": {"status_code": 200, "body": completion("outage")}},
+        {"request": {"model": "gpt-4o", "messages": msgs},
+         "response": {"status_code": 429, "body": {"error": {"message": "Rate limit reached"}}}},
+        {"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}, "response": completion("other")},
+    ])
+    out = tmp_path / "cov.jsonl"
+    result = run(src, "--out", out, "--task", "triage", ok=False)
+    assert f"{src}:3: the logged call failed (status 429: Rate limit reached)" in result.output
+    result = run(src, "--out", out, "--task", "triage", "--skip-invalid")
+    rows = chat_mod.read_coverage(out)
+    assert [r.get("messages") for r in rows] == [
+        msgs, msgs[:1] + [msgs[1], {"role": "assistant", "content": "billing"},
+                          {"role": "user", "content": "And the site is down"}], None]
+    assert [r["response"] for r in rows] == ["billing", "outage", "other"] and rows[2]["prompt"] == "Hi"
+    assert all(r["id"].startswith("imp-") for r in rows) and "3 API log records" in result.output
+    again = tmp_path / "again.jsonl"
+    run(src, "--out", again, "--task", "triage", "--skip-invalid")
+    assert chat_mod.read_coverage(again) == rows, "stable ids"
+
+
+def test_openai_batch_output_joins_its_input_file(tmp_path):
+    inputs = jl(tmp_path / "batch_in.jsonl", [
+        {"custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gpt-4o", "messages": [{"role": "system", "content": SYSTEM},
+                                                  {"role": "user", "content": f"ticket {i}"}]}} for i in range(3)])
+    output = jl(tmp_path / "batch_out.jsonl", [
+        {"id": "batch_req_1", "custom_id": "t1", "response": {"status_code": 200, "body": completion("outage")},
+         "error": None},
+        {"id": "batch_req_0", "custom_id": "t0", "response": {"status_code": 200, "body": completion("billing")},
+         "error": None},
+        {"id": "batch_req_2", "custom_id": "t2", "response": None, "error": {"code": "server_error"}},
+    ])
+    result = run(output, "--out", tmp_path / "x.jsonl", "--task", "triage", ok=False)
+    assert f"{output}:1: a batch output line holds no messages: pass the batch input file" in result.output
+    run(output, "--out", tmp_path / "cov.jsonl", "--task", "triage", "--batch-input", inputs, "--skip-invalid")
+    rows = chat_mod.read_coverage(tmp_path / "cov.jsonl")
+    assert [(r["id"], r["messages"][1]["content"], r["response"]) for r in rows] == [
+        ("batch_req_1", "ticket 1", "outage"), ("batch_req_0", "ticket 0", "billing")]
+    assert rows[0]["messages"][0] == {"role": "system", "content": SYSTEM}
+
+
+def test_duo_record_traffic_imports_and_failed_calls_are_not_pairs(tmp_path):
+    ok = {"id": "e1", "at": "2026-01-01T00:00:00.000Z", "messages": [{"role": "system", "content": SYSTEM},
+                                                                     {"role": "user", "content": "refund?"}],
+          "params": {}, "reply": {"role": "assistant", "content": "billing"}, "error": None}
+    failed = dict(ok, id="e2", reply=None, error={"status": 500, "message": "boom"})
+    src = jl(tmp_path / "2026-01-01.jsonl", [ok, failed])
+    result = run(src, "--out", tmp_path / "cov.jsonl", "--task", "triage", "--skip-invalid")
+    assert chat_mod.read_coverage(tmp_path / "cov.jsonl") == [
+        {"id": "e1", "task": "triage", "messages": ok["messages"], "response": "billing"}]
+    assert "the recorded call failed (boom)" in result.output
 
 
 def test_parquet_wrong_types_and_not_parquet(tmp_path):

@@ -76,6 +76,12 @@ def test_cli_writes_both_splits(tmp_path, monkeypatch):
      "data/coverage.jsonl:2: invalid JSON"),
     ('{"id": "x", "prompt": "p", "response": "r"}\n', "data/coverage.jsonl:1: missing field 'task'"),
     ("", "data/coverage.jsonl: no records (empty file)"),
+    ('{"id": "x", "task": "a", "response": "r"}\n', "data/coverage.jsonl:1: missing field 'prompt' (or 'messages')"),
+    ('{"id": "x", "task": "a", "prompt": "p", "response": "r"}\n'
+     '{"id": "y", "task": "a", "messages": [{"role": "system", "content": "s"}], "response": "r"}\n',
+     "data/coverage.jsonl:2: messages must end with the user turn that 'response' answers"),
+    ('{"id": "y", "task": "a", "messages": [{"role": "robot", "content": "s"}], "response": "r"}\n',
+     "data/coverage.jsonl:1: messages[0].role must be one of system, developer, user, assistant"),
 ])
 def test_cli_bad_input_is_a_clean_error(tmp_path, monkeypatch, coverage, message):
     result = _run(tmp_path, monkeypatch, coverage)
@@ -150,3 +156,16 @@ def test_prepare_keeps_repeated_prompts_out_of_test_and_says_so(tmp_path, monkey
     keys = {name: {text.key(r["prompt"]) for r in part} for name, part in parts.items()}
     assert not keys["test"] & (keys["train"] | keys["val"]) and not keys["train"] & keys["val"]
     assert sum(map(len, parts.values())) == len(data)
+
+
+def test_conversation_rows_are_split_and_get_their_final_turn_as_prompt(tmp_path, monkeypatch):
+    system = {"role": "system", "content": "Answer with the label only."}
+    data = [{"id": f"c{i}", "task": "a", "messages": [system, {"role": "user", "content": f"ticket {i}"}],
+             "response": "billing"} for i in range(6)] + rows({"a": 4})
+    result = _run(tmp_path, monkeypatch, "".join(json.dumps(r) + "\n" for r in data))
+    assert result.exit_code == 0, result.output
+    out = [r for path in (contracts.TRAIN, contracts.VAL, contracts.TEST) for r in contracts.read_rows(path)]
+    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in data)
+    conv = {r["id"]: r for r in out if "messages" in r}
+    assert len(conv) == 6 and all(r["prompt"] == r["messages"][-1]["content"] and r["messages"][0] == system
+                                  for r in conv.values())

@@ -3,7 +3,7 @@ order that lets a local llama.cpp server reuse each prompt's prefix; the teacher
 P-Match."""
 from __future__ import annotations
 
-from duo import contracts, progress, prompts, service
+from duo import chat, contracts, progress, prompts, service
 from duo.evaluation import scores as judge
 
 
@@ -15,14 +15,14 @@ def _request(text: str, schema: dict, judge_idx: int, attempt: int, p, structure
 
 
 def judge_request(pred: dict, judge_idx: int, attempt: int, p, structured: bool) -> service.Request:
-    text = prompts.render("judge.txt", instruction=pred["prompt"], human_response=pred["reference"],
+    text = prompts.render("judge.txt", instruction=chat.transcript(pred), human_response=pred["reference"],
                           lm_response=pred["response"])
     return _request(text, judge.SCHEMA, judge_idx, attempt, p, structured, pred["prompt_id"], pred["sample_idx"])
 
 
 def pairwise_request(pred: dict, student_first: bool, judge_idx: int, attempt: int, p, structured: bool):
     a, b = (pred["response"], pred["reference"]) if student_first else (pred["reference"], pred["response"])
-    text = prompts.render("judge_pairwise.txt", instruction=pred["prompt"], response_a=a, response_b=b)
+    text = prompts.render("judge_pairwise.txt", instruction=chat.transcript(pred), response_a=a, response_b=b)
     return _request(text, judge.PAIRWISE_SCHEMA, judge_idx, attempt, p, structured, pred["prompt_id"],
                     pred["sample_idx"], "AB" if student_first else "BA")
 
@@ -107,9 +107,9 @@ def judge_pairwise(preds: list[dict], svc, p, name: str) -> list[dict]:
 
 def teacher_answers(test: list[dict], svc, infer_p) -> list[dict]:
     """The service's own answer to each test prompt, once (journaled), as a prediction row."""
-    reqs = [service.Request(messages=[{"role": "user", "content": r["prompt"]}], max_tokens=infer_p.max_tokens,
+    reqs = [service.Request(messages=chat.messages(r), max_tokens=infer_p.max_tokens,
                             temperature=0.0, seed=infer_p.seed) for r in test]
     replies = svc.map(reqs)
-    return [{"prompt_id": r["id"], "sample_idx": 0, "task": r["task"], "prompt": r["prompt"],
+    return [{"prompt_id": r["id"], "sample_idx": 0, "task": r["task"], "prompt": r["prompt"], **chat.context_of(r),
              "reference": r["response"], "response": reply.text or "", "error": reply.error}
             for r, reply in zip(test, replies)]

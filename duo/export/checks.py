@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from duo import chat
+
 # Strings where tokenizers tend to disagree: scripts beyond Latin, emoji (ZWJ sequences, flags,
 # skin tones), code, runs of spaces/tabs/newlines, digits, and the chat template's special tokens.
 TOKENIZER_SAMPLES = [
@@ -164,7 +166,7 @@ def ppl_sequences(rows: list[dict], hf_tokenizer, max_tokens: int, max_len: int)
     shortest prompts go first (ties in file order): more scored tokens for the same time."""
     candidates = []
     for row in rows:
-        user = [{"role": "user", "content": row["prompt"]}]
+        user = chat.for_template(chat.messages(row), hf_tokenizer.chat_template)
         head = prompt_ids(hf_tokenizer, user)
         full = list(hf_tokenizer.apply_chat_template(user + [{"role": "assistant", "content": row["response"]}],
                                                      tokenize=True, return_dict=False))

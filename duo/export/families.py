@@ -81,7 +81,7 @@ LLAMA3 = Family(
 
 GEMMA = Family(
     "gemma", "Gemma", "<start_of_turn>", "<end_of_turn>",
-    # no system role: a system prompt opens the next user turn, as llama.cpp folds it (fold_system)
+    # no system role: a system prompt opens the next user turn, as llama.cpp folds it (duo/chat.py)
     "{%- set ns = namespace(system='') %}{%- for m in messages %}"
     "{%- if m.role == 'system' %}{% set ns.system = m.content %}"
     "{%- elif m.role == 'user' %}{{ '<start_of_turn>user\\n' + (ns.system + '\\n' if ns.system else '') + m.content"
@@ -129,47 +129,11 @@ def render(chat_template: str, messages: list[dict], *, eos_token: str = "</s>",
     return rendered[0]
 
 
-@functools.lru_cache(maxsize=64)  # asked once per probe
-def supports_system(chat_template: str) -> bool:
-    """llama.cpp's test: does a system message's text reach the prompt? If not it folds system prompts.
-    Plain Jinja as llama-cpp-python renders (no transformers import: `duo chat` asks too)."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "26 Jul 2024")
-    messages = [{"role": "system", "content": NEEDLE}, {"role": "user", "content": "U"}]
-    try:
-        try:
-            compiled = env.from_string(chat_template)
-        except jinja2.TemplateSyntaxError:  # transformers' own tags ({% generation %}): its renderer
-            return NEEDLE in render(chat_template, messages)
-        return NEEDLE in compiled.render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
-    except (jinja2.TemplateError, TypeError, ValueError):
-        return False
-
-
-def fold_system(messages: list[dict]) -> list[dict]:
-    """System messages opening the next user message, as llama.cpp serves a template without a system role."""
-    out, pending = [], []
-    for m in messages:
-        if m["role"] == "system":
-            pending.append(m["content"])
-        elif m["role"] == "user" and pending:
-            out.append({**m, "content": "\n".join([*pending, m["content"]])})
-            pending = []
-        else:
-            out.append(m)
-    return out
-
-
 def served(chat_template: str, messages: list[dict]) -> list[dict]:
-    """The conversation llama.cpp renders for `messages` with this template."""
-    return messages if supports_system(chat_template) else fold_system(messages)
+    """The conversation llama.cpp renders for `messages` with this template (duo/chat.py decides)."""
+    from duo import chat
+
+    return chat.for_template(messages, chat_template)
 
 
 @dataclass

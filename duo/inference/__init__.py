@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from duo import contracts, progress
+from duo import chat, contracts, progress
 from duo.inference.hf import TransformersBackend
 from duo.inference.llama_cpp import LlamaCppBackend
 
@@ -21,11 +21,11 @@ def _samples(test: list[dict], backend, p):
     """(prompt index, sample index, text, tokens, finish reason) in the order they finish."""
     seeds = [[contracts.derived_seed(p.seed, row["id"], j) for j in range(p.k)] for row in test]
     if p.parallel > 1 and hasattr(backend, "generate_all"):
-        yield from backend.generate_all([row["prompt"] for row in test], seeds)
+        yield from backend.generate_all([chat.messages(row) for row in test], seeds)
         return
     for i, row in enumerate(test):
         for j in range(p.k):
-            yield (i, j, *backend.generate(row["prompt"], seeds[i][j]))
+            yield (i, j, *backend.generate(chat.messages(row), seeds[i][j]))
 
 
 def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
@@ -36,7 +36,7 @@ def run(test: list[dict], backend, p, cycle: int) -> tuple[list[dict], dict]:
         row = test[i]
         tokens += n
         stopped += finish == "stop"
-        done[i, j] = {"prompt_id": row["id"], "sample_idx": j, "task": row["task"], "prompt": row["prompt"],
+        done[i, j] = {"prompt_id": row["id"], "sample_idx": j, "task": row["task"], "prompt": row["prompt"], **chat.context_of(row),
                       "reference": row["response"], "response": text, "cycle": cycle,
                       "tokens": n, "finish_reason": finish}
         bar.update(1)

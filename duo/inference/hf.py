@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import contracts
+from duo import chat, contracts
 
 
 class TransformersBackend:
@@ -38,16 +38,16 @@ class TransformersBackend:
         n = ids.index(eos) + 1 if eos in ids else len(ids)
         return self.tok.decode(ids[:n], skip_special_tokens=True), n, "stop" if eos in ids else "length"
 
-    def generate(self, prompt: str, seed: int) -> tuple[str, int, str]:
+    def generate(self, messages: list[dict], seed: int) -> tuple[str, int, str]:
         torch = self.torch
-        enc = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+        enc = self.tok.apply_chat_template(chat.for_template(messages, self.tok.chat_template), add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True).to(self.device)
         torch.manual_seed(seed)
         with torch.no_grad():
             out = self.model.generate(**enc, **self._sampling())
         return self._result(out[0][enc["input_ids"].shape[1]:])
 
-    def generate_all(self, prompts: list[str], seeds: list[list[int]]):
+    def generate_all(self, prompts: list[list[dict]], seeds: list[list[int]]):
         """`infer.parallel` // K prompts per `generate` call, each with its K samples, left-padded. One
         seed per call (the first sample's): torch samples a batch from one generator, so a response
         depends on its batch, which is fixed by the prompts' order and `infer.parallel`."""
@@ -57,7 +57,7 @@ class TransformersBackend:
         self.tok.padding_side = "left"
         for start in range(0, len(prompts), per_call):
             chunk = range(start, min(start + per_call, len(prompts)))
-            texts = [self.tok.apply_chat_template([{"role": "user", "content": prompts[i]}],
+            texts = [self.tok.apply_chat_template(chat.for_template(prompts[i], self.tok.chat_template),
                                                   add_generation_prompt=True, tokenize=False) for i in chunk]
             enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             torch.manual_seed(seeds[start][0])

@@ -66,10 +66,14 @@ def classify(exc: Exception, spec: str) -> str:
         raise ServiceStop(f"provider quota exhausted ({scrub(str(exc))[:200]}); work so far is kept; rerun later")
     if code in FATAL_STATUS or name in ("AuthenticationError", "PermissionDeniedError", "NotFoundError"):
         raise ServiceFatal(f"service {spec}: {scrub(f'{name}: {exc}')[:400]}")
-    if code in RETRY_STATUS or name in ("Timeout", "APIConnectionError", "RateLimitError",
-                                        "InternalServerError", "ServiceUnavailableError"):
-        return "retry"
-    return "fail"
+    return "retry" if transient(exc) else "fail"
+
+
+def transient(exc: Exception) -> bool:
+    """An error the same request may not meet again: rate limits (not an exhausted quota), timeouts,
+    connection errors, 5xx."""
+    return not is_quota(exc) and (status(exc) in RETRY_STATUS or type(exc).__name__ in (
+        "Timeout", "APIConnectionError", "RateLimitError", "InternalServerError", "ServiceUnavailableError"))
 
 
 def truncate(messages: list) -> list:

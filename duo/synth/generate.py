@@ -17,6 +17,7 @@ import math
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
+from duo import chat
 from duo.synth import filters, mix, teacher
 from duo.synth.curate import CurationIndex
 
@@ -180,6 +181,7 @@ def _take(draw: int, seed_row: dict, reply, index: CurationIndex, quota: _Quota,
     for k, pair in enumerate(pairs):
         row = {"id": f"syn-c{cycle}-d{draw}-{k}", "task": task, "prompt": pair["instruction"].strip(),
                "response": pair["response"].strip(), "seed_id": seed_row["id"], "cycle": cycle}
+        row.update(chat.like(seed_row, row["prompt"]))  # the seed's system prompt and earlier turns, verbatim
         tally.pairs += 1
         tally.candidates[task] += 1
         verdict = index.check(row)

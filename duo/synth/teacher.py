@@ -1,7 +1,7 @@
 """What the teacher is asked for each seed, and how its reply is read."""
 from __future__ import annotations
 
-from duo import contracts, prompts
+from duo import chat, contracts, prompts
 from duo.replies import json_objects
 from duo.service import Request
 
@@ -25,7 +25,7 @@ def request_for(seed_row: dict, p, structured: bool, cycle: int, draw: int) -> R
     earlier cycle or pass used) and its own tag (journal replays stay within the cycle's own draws)."""
     name = "synth_summarization.txt" if seed_row["task"] == "summarization" else "synth.txt"
     topic = TOPICS.get(seed_row["task"], seed_row["task"].replace("_", " "))
-    text = prompts.render(name, instruction=seed_row["prompt"], response=seed_row["response"], topic=topic,
+    text = prompts.render(name, instruction=chat.transcript(seed_row), response=seed_row["response"], topic=topic,
                           n=str(p.pairs_per_request))
     fmt = {"type": "json_object", "schema": schema(p.pairs_per_request)} if structured else {"type": "json_object"}
     return Request(messages=[{"role": "user", "content": text}], temperature=p.temperature,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from duo import contracts
+from duo import chat, contracts
 from duo import params as params_mod
 from duo import progress
 from duo import records
@@ -40,9 +40,9 @@ def load_rows(train_path: Path, cycle: int, synth_dir: Path = contracts.SYNTH_DI
     return rows, n_synth
 
 
-def to_conversations(rows: list[dict]) -> list[dict]:
-    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
-             "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows]
+def to_conversations(rows: list[dict], template: str | None = None) -> list[dict]:
+    """TRL prompt/completion conversations (duo/chat.py): the loss falls on the final answer."""
+    return [chat.conversation(r, template) for r in rows]
 
 
 def _device_and_quant(p) -> tuple[str, bool]:
@@ -175,11 +175,11 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
 
     # Count what the model will see, with the same template TRL applies, before training.
-    lengths = [len(tokenizer.apply_chat_template(c["prompt"] + c["completion"], tokenize=True,
-                                                 return_dict=False))
-               for c in to_conversations(rows)]
+    # The conversations as the served student sees them, tokenized here (duo/chat.py), counted before training.
+    examples = [chat.tokenized(tokenizer, r) for r in rows]
+    lengths = [len(e["input_ids"]) for e in examples]
     truncated = sum(n > p.max_length for n in lengths)
-    dataset = Dataset.from_list(to_conversations(rows))
+    dataset = Dataset.from_list(examples)
     padding_free = train_levers.use_padding_free(p.padding_free, lengths, p.max_length)
     train_levers.score_labelled_positions_only()
     train_levers.return_freed_memory()
@@ -235,7 +235,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         disable_tqdm=not progress.enabled(),
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora, eval_dataset=Dataset.from_list(to_conversations(val)) if val else None,
+                         peft_config=lora, eval_dataset=Dataset.from_list([chat.tokenized(tokenizer, r) for r in val]) if val else None,
                          callbacks=([EarlyStoppingCallback(p.early_stopping_patience)] if early else []) + list(callbacks))
     trainer.remove_callback(PrinterCallback)  # a dict per step is noise in a log; the curve is in train.json
     mode = "4-bit QLoRA" if quant else f"{precision} autocast" if precision != "fp32" else "fp32"
