@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from duo import contracts, progress, records
+from duo import contracts, progress
+from duo.data import records
 
 ROW_FIELDS = contracts.ROW_FIELDS
 
@@ -38,7 +39,7 @@ def estimate_cmd(cycle_no: int | None, as_json: bool, params_path: str) -> None:
     """What a cycle's synthesis and judging calls will cost before any is paid: calls, tokens, dollars
     at litellm's prices (batch prices with service.batch), and whether service.budget_usd and
     service.budget_total_usd cover it. Nothing is called."""
-    from duo import estimate
+    from duo.loop import estimate
 
     t = estimate.next_cycle(params_path) if cycle_no is None else cycle_no
     if t is None:
@@ -53,7 +54,7 @@ def estimate_cmd(cycle_no: int | None, as_json: bool, params_path: str) -> None:
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def status_cmd(as_json: bool, params_path: str) -> None:
     """Current cycle, last metrics, gate verdict, stale stages and what `make cycle` will do next."""
-    from duo import status
+    from duo.loop import status
 
     info = status.collect(params_path)
     click.echo(json.dumps(info, indent=2, ensure_ascii=False) if as_json else status.render(info))
@@ -62,7 +63,8 @@ def status_cmd(as_json: bool, params_path: str) -> None:
 def _load_llm(path: Path, n_ctx: int, threads: int):
     import llama_cpp
 
-    from duo import local_llm, serve
+    from duo import local_llm
+    from duo.app import serve
 
     serve.check_gguf(path)
     try:
@@ -84,8 +86,8 @@ def _prompt_tokens(llm, messages: list[dict]) -> int:
 
 
 def _as_served(llm, messages: list[dict]) -> list[dict]:
-    """The messages as `make serve` hands them to this GGUF's template (duo/chat.py)."""
-    from duo import chat
+    """The messages as `make serve` hands them to this GGUF's template (duo/data/chat.py)."""
+    from duo.data import chat
 
     return chat.for_template(messages, llm.metadata.get("tokenizer.chat_template"))
 
@@ -188,7 +190,7 @@ def import_cmd(src, out, fmt, prompt_col, response_col, task_col, task_name, id_
     conversation (system prompt, earlier turns); identical pairs are kept once.
     A bad record stops the import with `path:line: reason` (Parquet: `path:row N`) unless --skip-invalid.
     """
-    from duo import importer
+    from duo.data import importer
     from duo import params as params_mod
 
     if task_name is not None and task_col is not None:
@@ -265,7 +267,7 @@ def curate_cmd(new, seen, test_path, out, report, params_path) -> None:
 @main.command("cycle")
 def cycle_cmd() -> None:
     """One turn of the loop: run the current cycle, or the next one if the gate failed (make cycle)."""
-    from duo import cycle
+    from duo.loop import cycle
 
     cycle.turn()
 
@@ -273,7 +275,7 @@ def cycle_cmd() -> None:
 @main.command("converge")
 def converge_cmd() -> None:
     """Turns until the gate passes or gate.max_cycles (make converge)."""
-    from duo import cycle
+    from duo.loop import cycle
 
     cycle.converge()
 
@@ -292,11 +294,11 @@ def bench_cmd(sections: tuple[str, ...]) -> None:
 
 
 # Commands that live with their modules: `duo report` (make report), `duo serve` (make serve), `duo measure`.
-from duo.measure import main as _measure  # noqa: E402
-from duo.record import main as _record  # noqa: E402
-from duo.review import main as _review  # noqa: E402
-from duo.report import main as _report  # noqa: E402
-from duo.serve import main as _serve  # noqa: E402
+from duo.train.measure import main as _measure  # noqa: E402
+from duo.app.record import main as _record  # noqa: E402
+from duo.app.review import main as _review  # noqa: E402
+from duo.report.build import main as _report  # noqa: E402
+from duo.app.serve import main as _serve  # noqa: E402
 
 main.add_command(_report, "report")
 main.add_command(_serve, "serve")

@@ -41,7 +41,7 @@ METRICS = {"synth": SYNTH_METRICS, "train": TRAIN_METRICS, "export": EXPORT_METR
 SCORES = ("similarity", "precision")  # what a single-mode judge rates, 1-100
 SCORE_ABBREV = {"similarity": "sim", "precision": "prec"}
 # row schemas (extra keys are kept): train/val/test/synth rows (prepare gives every row its `prompt`, the
-# final user turn), coverage rows (`prompt` or `messages`: duo/chat.py checks the conversation), predictions
+# final user turn), coverage rows (`prompt` or `messages`: duo/data/chat.py checks the conversation), predictions
 ROW_FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
 COVERAGE_FIELDS = {"id": str, "task": str, "response": str}
 PREDICTION_FIELDS = {"prompt_id": str, "sample_idx": int, "task": str, "prompt": str, "reference": str,
@@ -50,7 +50,7 @@ PREDICTION_FIELDS = {"prompt_id": str, "sample_idx": int, "task": str, "prompt":
 
 def read_rows(path: Path, *, allow_empty: bool = False) -> list[dict]:
     """A file of rows (train, val, test, synth), ids unique, checked line by line."""
-    from duo import records
+    from duo.data import records
 
     return records.read_records(path, ROW_FIELDS, unique="id", allow_empty=allow_empty)
 

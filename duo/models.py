@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from duo import records
+from duo.data import records
 
 # name -> (package, GGUF file inside it). Found with find_spec so the package (and its plugin
 # dependencies) is never imported.

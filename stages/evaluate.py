@@ -13,7 +13,8 @@ import click
 from duo import entry
 from duo import contracts as c
 from duo import params as params_mod
-from duo import progress, records
+from duo import progress
+from duo.data import records
 from duo.evaluation import panel
 
 

@@ -14,9 +14,11 @@ import click
 
 from duo import entry
 from duo import contracts as c
-from duo import export, model_card
+from duo import export
+from duo.report import model_card
 from duo import params as params_mod
-from duo import progress, records
+from duo import progress
+from duo.data import records
 from duo.export import gguf, release
 
 

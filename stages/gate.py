@@ -1,6 +1,6 @@
 """gate: does the cycle's statistic clear ε with the stated confidence (bootstrap over the test prompts'
 judgments), where does the cycle stand against earlier ones on validation (regression, best cycle), what
-next (duo/gate.py); the cycle's service usage into metrics/cost.json; the cycle's headline,
+next (duo/loop/gate.py); the cycle's service usage into metrics/cost.json; the cycle's headline,
 metrics/summary.json (what `dvc exp show` lists).
 
 Run: python -m stages.gate   (reads metrics/eval.json, data/judgments.jsonl, metrics/validation.json,
@@ -12,9 +12,10 @@ import click
 
 from duo import entry
 from duo import contracts as c
-from duo import gate
+from duo.loop import gate
 from duo import params as params_mod
-from duo import progress, records
+from duo import progress
+from duo.data import records
 
 
 @click.command()

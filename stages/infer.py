@@ -12,7 +12,8 @@ from duo import entry
 from duo import contracts as c
 from duo import inference
 from duo import params as params_mod
-from duo import progress, records
+from duo import progress
+from duo.data import records
 
 
 @click.command()

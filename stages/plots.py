@@ -15,7 +15,7 @@ import click
 
 from duo import entry
 from duo import contracts as c
-from duo import records
+from duo.data import records
 
 OUT = c.PLOTS_DIR
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import click
 
-from duo import chat, contracts, entry
+from duo import contracts, entry
+from duo.data import chat
 from duo import params as params_mod
 from duo import progress
-from duo import records, splits, text
+from duo.data import records, splits, text
 
 
 @click.command()

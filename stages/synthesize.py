@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import click
 
-from duo import entry
-from duo import contracts as c
-from duo import params as params_mod
-from duo import progress, records, service
+from duo import contracts as c, entry, params as params_mod, progress, service
+from duo.data import records
 from duo.evaluation import validation
 from duo.synth import generate
 

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from duo import contracts, records, service
+from duo import contracts, service
+from duo.data import records
 from duo.params import Judge
 from duo.evaluation import judging as evaluate
 

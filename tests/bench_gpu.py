@@ -116,7 +116,7 @@ def main() -> None:
 
     import torch
 
-    from duo import records
+    from duo.data import records
     from duo.train import finetune as stage
     from duo import inference as infer
 

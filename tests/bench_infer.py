@@ -24,7 +24,7 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     import resource
 
     from duo import params as params_mod
-    from duo import records
+    from duo.data import records
     from duo import inference as infer
 
     os.chdir(clone)

@@ -48,7 +48,7 @@ def _set(raw: dict, assignment: str) -> None:
 
 
 def _cycle_figures(project: Path, train_rows: list[dict]) -> tuple[dict, dict]:
-    from duo import records
+    from duo.data import records
     from duo.evaluation import reference
 
     preds = [obj for _, obj in records.iter_jsonl(project / "data" / "predictions.jsonl")]
@@ -94,7 +94,7 @@ def run_loop(sets: list[str], name: str) -> dict:
                                       stderr=subprocess.STDOUT)
             if proc.returncode != 0:
                 raise RuntimeError(f"loop {name}: cycle {t} failed; see {log}:\n{log.read_text()[-3000:]}")
-            from duo import records
+            from duo.data import records
 
             train_rows = [obj for _, obj in records.iter_jsonl(project / "data" / "train.jsonl")]
             fig, scores = _cycle_figures(project, train_rows)
@@ -140,7 +140,7 @@ def bench_loop() -> dict:
         s.replace("=", "-").split(".")[-1] for s in sets))
     got = run_loop(sets, name)
     if sets:
-        from duo import records
+        from duo.data import records
         from tests.bench import OUT
 
         variants = (records.read_json(OUT, default={}) or {}).get("loop.variants") or {}

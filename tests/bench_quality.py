@@ -32,7 +32,7 @@ def plain(params, rows: list[dict] | None = None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from duo import contracts as c
-    from duo import measure
+    from duo.train import measure
     from duo.train import finetune
 
     p = params.finetune
@@ -74,7 +74,7 @@ def duo_side(params, equal_recipe: bool = False) -> dict:
     script's 4 epochs, so that only duo's levers differ."""
     import dataclasses
 
-    from duo import measure
+    from duo.train import measure
 
     if equal_recipe:
         params = dataclasses.replace(params, finetune=dataclasses.replace(params.finetune, early_stopping_patience=0))

@@ -105,7 +105,8 @@ async def _measure(direct: str, proxy: str, clients: int, rounds: int, per_clien
 def _proxy_figures(direct: str, prefix: str, extra: list[str], cases) -> dict:
     """Start `duo record` (with `extra` arguments) in front of `direct`, run the cases, stop it, count
     what it recorded."""
-    from duo import local_llm, traffic
+    from duo import local_llm
+    from duo.app import traffic
 
     work = Path(tempfile.mkdtemp(prefix="duo-bench-record-"))
     (work / "params.yaml").write_text(f"service:\n  model: openai/upstream\n  api_base: {direct}\n")

@@ -71,7 +71,7 @@ def bench_serve(parallel: int = 8) -> dict:
         deadline = time.monotonic() + 120
         while not local_llm._ready(f"http://127.0.0.1:{port}/health"):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("duo.serve did not start")
+                raise RuntimeError("duo.app.serve did not start")
             time.sleep(0.3)
         base = f"http://127.0.0.1:{port}/v1"
         _clients(base, 1, per_client=2)  # warm-up

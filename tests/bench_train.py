@@ -180,7 +180,7 @@ def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: s
     """One run in a fresh process (its own peak RSS, no warm caches from another run)."""
     import resource
 
-    from duo import records
+    from duo.data import records
     from duo.train import finetune
 
     rows = subset(records.read_records(data, finetune.contracts.ROW_FIELDS, unique="id"), n_rows)
@@ -247,7 +247,7 @@ def bench_train(base: Path, data: Path, work: Path, n_rows: int = 24, cycle_trai
     import torch
     from transformers import AutoConfig
 
-    from duo import records
+    from duo.data import records
     from duo.train import finetune
 
     peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")

@@ -122,7 +122,8 @@ def pack_llama(dest: Path) -> None:
 
 def pack_base(dest: Path) -> None:
     """The student's config, tokenizer and chat template as stages.base would write them, without weights."""
-    from duo import models, records
+    from duo import models
+    from duo.data import records
 
     model, tokenizer, provenance = models.load_source("bundled:smollm2", False)
     dest.mkdir(parents=True, exist_ok=True)
@@ -500,7 +501,7 @@ def run(out: Path, work: Path, quick: bool, deadline: float) -> None:
 # --------------------------------------------------------------------------- merge
 
 def merge(new: Path, into: Path = METRICS) -> None:
-    from duo import records
+    from duo.data import records
 
     figures = json.loads(into.read_text()) if into.exists() else {}
     fresh = {k: v for k, v in json.loads(new.read_text()).items() if k.startswith("gpu_check.")}

@@ -54,9 +54,11 @@ def test_a_kill_while_waiting_resumes_polling_the_same_job(fake):
               "make_from_env(sys.argv[1])")
     proc = subprocess.Popen([sys.executable, "-c", script, fake.url], cwd=os.getcwd(),
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while not any(b["polls"] for b in fake.batches.values()) and time.monotonic() < deadline:
+    # the event, not a clock: the child's first status check of its job (only a hang guard bounds it)
+    deadline = time.monotonic() + 900
+    while not any(b["polls"] for b in fake.batches.values()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert proc.poll() is None, "the child ended before it waited on its batch job"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(fake.batches) == 1 and not (service.JOURNAL_DIR / "j.jsonl").read_text().strip()

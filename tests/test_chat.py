@@ -1,4 +1,4 @@
-"""duo/chat.py: rows become messages in one place, and every consumer (finetune, infer, the judge, P-Match,
+"""duo/data/chat.py: rows become messages in one place, and every consumer (finetune, infer, the judge, P-Match,
 synthesis) gets the same conversation; templates without a system role get it merged as llama.cpp's
 server merges it. The end-to-end proof (three template families, a tiny model trained, served token for
 token) is tests/test_conversations.py."""
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from duo import chat, prompts
+from duo import prompts
+from duo.data import chat
 from duo.evaluation import judging
 from duo.params import Infer, Judge, Synth
 from duo.synth import teacher

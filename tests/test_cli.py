@@ -8,7 +8,9 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from duo import cycle, local_llm, models, records
+from duo import local_llm, models
+from duo.data import records
+from duo.loop import cycle
 from duo.cli import main
 from tests.conftest import copy_project
 
@@ -36,7 +38,7 @@ def test_importing_duo_changes_nothing_in_the_process():
     from duo import entry
 
     script = ("import os, sys; env = dict(os.environ); hook = sys.excepthook; mask = os.umask(0o027); "
-              "import duo, duo.records, duo.service, duo.cli, duo.params; "
+              "import duo, duo.data.records, duo.service, duo.cli, duo.params; "
               "assert dict(os.environ) == env and sys.excepthook is hook and os.umask(0o027) == 0o027")
     env = {k: v for k, v in os.environ.items() if k not in entry.OFFLINE}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)

@@ -1,6 +1,6 @@
 """Conversations end to end: a task whose instruction lives only in the system prompt, for a ChatML, a
 Llama 3 and a Gemma template (Gemma's own kind, which merges the system prompt itself, and the strict kind,
-which refuses one: llama.cpp's server merges it, and duo/chat.py does the same for training). A tiny model
+which refuses one: llama.cpp's server merges it, and duo/data/chat.py does the same for training). A tiny model
 of each learns the task (its loss falls), is exported with every check, and `duo serve` renders an OpenAI
 request carrying that system message into exactly the training prompt, token for token; inference reads
 the same prompt from the GGUF."""
@@ -16,7 +16,8 @@ import urllib.request
 
 import pytest
 
-from duo import chat, local_llm, records
+from duo import local_llm
+from duo.data import chat, records
 from tests.test_chat import GEMMA_STRICT
 from tests.hand_templates import build
 
@@ -84,7 +85,7 @@ def test_system_prompt_task_trains_and_serves_token_for_token(family, tmp_path, 
     tok = AutoTokenizer.from_pretrained(tmp_path / "adapter")
     assert chat.has_system_role(tok.chat_template) is (family != "gemma-strict")
 
-    # what training saw: the prompt part of the example finetune gave the trainer (duo/chat.py)
+    # what training saw: the prompt part of the example finetune gave the trainer (duo/data/chat.py)
     def training_ids(row: dict) -> list[int]:
         example = chat.tokenized(tok, row)
         prompt = example["input_ids"][:example["completion_mask"].index(1)]
@@ -109,7 +110,7 @@ def test_system_prompt_task_trains_and_serves_token_for_token(family, tmp_path, 
                              "--n-ctx", "512", "--parallel", "1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900  # a hang guard: the event is the health check
         while not local_llm._ready(f"http://127.0.0.1:{port}/health"):
             assert proc.poll() is None and time.monotonic() < deadline, "duo serve did not start"
             time.sleep(0.2)

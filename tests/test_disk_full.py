@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from duo import records
+from duo.data import records
 from tests import tiny_model
 from tests.conftest import ROOT
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers
 
 def rows(n: int, size: int) -> str:
     tasks = ["a", "b"]
-    return "".join(json.dumps({"id": f"r{i}", "task": tasks[i % 2], "prompt": "p" * size, "response": "r"}) + "\n"
+    return "".join(json.dumps({"id": f"r{i}", "task": tasks[i % 2], "prompt": f"{i:05d}" + "p" * size, "response": "r"}) + "\n"
                    for i in range(n))
 
 

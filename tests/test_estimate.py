@@ -10,7 +10,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import cli, cycle, estimate, service
+from duo import cli, service
+from duo.loop import cycle, estimate
 from stages import evaluate, gate, prepare, synthesize
 from tests.fake_provider import FakeProvider, unique_pairs
 from tests.test_spend import _answer

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import cycle, records
+from duo.data import records
+from duo.loop import cycle, delivery
 from duo.export import checks as gguf_checks
 from duo.export import gguf
 from stages import export

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from duo import local_llm, records
+from duo import local_llm
+from duo.data import records
 from duo.export import families
 from tests import vendor_students
 from tests.vendor_students import VENDORS

@@ -1,5 +1,5 @@
 from duo.params import Gate
-from duo.gate import verdict
+from duo.loop.gate import verdict
 
 EVAL = {"precision": {"mean": 72.5, "c50": 0.9, "c70": 0.55}, "similarity": {"mean": 40.0, "c70": 0.2}}
 
@@ -22,7 +22,7 @@ def test_max_cycles_stops_the_loop_and_missing_values_fail():
 
 
 def test_pairwise_gate_and_cost_sum():
-    from duo.gate import cost
+    from duo.loop.gate import cost
 
     pw = {"pairwise": {"win": 0.3, "tie": 0.5, "loss": 0.2}}
     assert verdict(pw, Gate(score="pairwise", statistic="win_or_tie", threshold=80), 0)["passed"]

@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from duo import contracts, records
-from duo import splits
+from duo import contracts
+from duo.data import records
+from duo.data import splits
 from stages import prepare
 from tests.conftest import ROOT
 

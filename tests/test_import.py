@@ -6,8 +6,9 @@ import json
 
 from click.testing import CliRunner
 
-from duo import chat as chat_mod
-from duo import contracts, records
+from duo.data import chat as chat_mod
+from duo import contracts
+from duo.data import records
 from duo.cli import main
 
 

@@ -15,13 +15,15 @@ from tests.conftest import copy_project
 
 pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
 
-OUTS = ["models/base/config.json", "models/adapter/adapter_config.json", "models/student.gguf", "models/Modelfile",
-        "models/MODEL_CARD.md", "models/lora/placeholder",
-        "data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/synth/cycle-1.jsonl", "data/predictions.jsonl",
-        "data/judgments.jsonl", "data/teacher.jsonl", "metrics/synth.json", "metrics/train.json",
-        "metrics/export.json", "metrics/infer.json", "metrics/eval.json", "metrics/cycle.json", "metrics/cost.json",
-        "metrics/summary.json",
-        "metrics/plots/loss.json", "metrics/plots/scores.json", "metrics/plots/tasks.json"]
+def _outs() -> list[str]:
+    """Every output dvc.yaml declares, as a placeholder file (a folder output gets one file inside)."""
+    stages = yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())["stages"]
+    paths = [next(iter(out)) if isinstance(out, dict) else out
+             for stage in stages.values() for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])]
+    return [path if Path(path).suffix else f"{path}/placeholder" for path in paths]
+
+
+OUTS = _outs()
 
 EDITS = [  # (what is edited, stages that must be flagged)
     ("prompts/judge.txt", {"evaluate"}),
@@ -35,12 +37,13 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("duo/train/checkpoints.py", {"finetune"}),
     ("duo/train/frozen_layers.py", {"finetune"}),
     ("duo/synth/curate.py", {"synthesize", "finetune"}),  # finetune checks earlier synthetic rows again
-    ("duo/text.py", {"prepare", "synthesize", "finetune"}),
+    ("duo/data/text.py", {"prepare", "synthesize", "finetune"}),
     ("duo/service/journal.py", {"synthesize", "evaluate"}),
     ("duo/service/budget.py", {"synthesize", "evaluate"}),
     ("duo/replies.py", {"synthesize", "evaluate"}),
     ("duo/evaluation/scores.py", {"evaluate"}),
-    ("duo/progress.py", {"base", "prepare", "synthesize", "finetune", "export", "infer", "evaluate", "gate"}),
+    ("duo/progress.py", {"base", "prepare", "synthesize", "finetune", "export", "validate", "infer", "evaluate", "plots",
+                          "gate"}),
     ("stages/plots.py", {"plots"}),
     ("params:student.source", {"base"}),
     ("params:coverage.seed", {"prepare"}),
@@ -54,11 +57,11 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("params:finetune.lora.r", {"finetune"}),
     ("params:export.quant", {"export"}),
     ("params:infer.k", {"infer"}),
-    ("params:infer.max_tokens", {"infer", "evaluate"}),
+    ("params:infer.max_tokens", {"validate", "infer", "evaluate"}),
     ("params:judge.m", {"evaluate"}),
     ("params:judge.zetas", {"evaluate", "gate"}),
     ("params:gate.threshold", {"gate"}),
-    ("params:cycle", {"synthesize", "finetune", "export", "infer", "evaluate", "gate"}),
+    ("params:cycle", {"synthesize", "finetune", "export", "validate", "infer", "evaluate", "gate"}),
 ]
 
 

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from duo import contracts, delivery, gate, records
+from duo import contracts
+from duo.data import records
+from duo.loop import delivery, gate
 from duo.evaluation import reference, validation
 from duo.params import Gate
 from tests.capable_provider import CapableTeacher

@@ -75,6 +75,6 @@ def test_duo_trains_like_the_plain_trl_script(tiny_base, tmp_path, monkeypatch, 
     if precision == "fp32":
         # the quality bench's shared validation loss: with all 4 rows in one evaluation batch the
         # Trainer's eval loss is the same per-token mean
-        from duo import measure
+        from duo.train import measure
 
         assert measure.validation_nll(tmp_path / "adapter", VAL) == pytest.approx(duo_val, rel=2e-3)

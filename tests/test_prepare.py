@@ -6,8 +6,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import contracts, records
-from duo import splits
+from duo import contracts
+from duo.data import records
+from duo.data import splits
 from stages import prepare
 from tests.conftest import ROOT
 
@@ -97,7 +98,7 @@ def test_cli_unknown_params_key_is_named(tmp_path, monkeypatch):
 
 # -- the same prompt under several ids stays on one side (issue 28) ------------------------------
 def keyed(data):
-    from duo import text
+    from duo.data import text
 
     return [dict(r, line=n, key=text.key(r["prompt"])) for n, r in enumerate(data, 1)]
 
@@ -143,7 +144,7 @@ def test_a_prompt_under_two_tasks_or_a_task_of_one_prompt_is_refused_with_its_li
 
 
 def test_prepare_keeps_repeated_prompts_out_of_test_and_says_so(tmp_path, monkeypatch):
-    from duo import text
+    from duo.data import text
 
     data = [json.loads(x) for x in (ROOT / "data" / "coverage.jsonl").read_text().splitlines()]
     data += [dict(r, id=f"{r['id']}-again", prompt=r["prompt"].lower() + " ", response="another answer")

@@ -8,7 +8,7 @@ import math
 import click
 import pytest
 
-from duo import records
+from duo.data import records
 from tests import tiny_model
 
 ROWS = [{"id": f"r{i}", "task": "qa", "prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}

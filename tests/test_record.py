@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from duo import local_llm, record, traffic
+from duo import local_llm
+from duo.app import record, traffic
 from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent

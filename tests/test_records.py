@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from duo import records
+from duo.data import records
 
 FIELDS = {"id": str, "task": str, "prompt": str, "response": str}
 

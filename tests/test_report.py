@@ -18,9 +18,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from duo import breakeven, params as params_mod, records, report, report_render
+from duo import params as params_mod
+from duo.data import records
+from duo.report import breakeven, build as report, render as report_render
 from duo.evaluation import reference, summary
-from duo import gate as gate_mod
+from duo.loop import gate as gate_mod
 from stages import plots as plots_stage
 from tests.conftest import ROOT
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from duo import chat, records, traffic
-from duo.review import exchanges
+from duo.app import traffic
+from duo.data import chat, records
+from duo.app.review import exchanges
 from tests import webdriver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def test_other_rows_are_kept_and_a_bad_line_stops_the_review(project):
         fh.write('{"id": "bad", "task": "triage", "response": "x"}\n')
     with pytest.raises(records.DataError, match=r"coverage.jsonl:3: missing field 'prompt' \(or 'messages'\)"):
         panel(project)
-    from duo.review import main
+    from duo.app.review import main
 
     result = CliRunner().invoke(main, [])
     assert result.exit_code == 1 and "coverage.jsonl:3: missing field 'prompt'" in result.output

@@ -139,7 +139,7 @@ def _killed_then_resumed(root: Path, fake: FakeProvider, stage: str, main, after
     start = len(fake.spans)
     proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=root, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900  # a hang guard: the event is the provider's count
     while len(fake.spans) - start < after and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)

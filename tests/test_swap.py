@@ -16,7 +16,9 @@ import urllib.request
 
 import pytest
 
-from duo import chat, local_llm, traffic
+from duo import local_llm
+from duo.app import traffic
+from duo.data import chat
 from tests.conftest import copy_project
 from tests.test_pipeline import git_commit, jsonl, set_params, turn
 
@@ -45,7 +47,7 @@ def app(base_url: str, model: str, tickets: list[str]) -> list[str]:
 def start(cmd: list[str], cwd, env: dict, ready) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "duo.cli", *cmd], cwd=cwd, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900  # a hang guard: the event is `ready`
     while not ready(proc):
         assert proc.poll() is None, f"duo {cmd[0]} exited:\n{proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, f"duo {cmd[0]} not ready"

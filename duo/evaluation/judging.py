@@ -3,7 +3,8 @@ order that lets a local llama.cpp server reuse each prompt's prefix; the teacher
 P-Match."""
 from __future__ import annotations
 
-from duo import chat, contracts, progress, prompts, service
+from duo import contracts, progress, prompts, service
+from duo.data import chat
 from duo.evaluation import scores as judge
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import contracts, records
+from duo import contracts
+from duo.data import records
 from duo.evaluation import reference
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import click
 
 from duo import contracts as c
-from duo import llamacpp_tools, records
+from duo import llamacpp_tools
+from duo.data import records
 from duo.export import checks, families, gguf, release
 
 FLOAT_TYPES = ("f32", "f16", "bf16")

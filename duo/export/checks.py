@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from duo import chat
+from duo.data import chat
 
 # Strings where tokenizers tend to disagree: scripts beyond Latin, emoji (ZWJ sequences, flags,
 # skin tones), code, runs of spaces/tabs/newlines, digits, and the chat template's special tokens.

@@ -81,7 +81,7 @@ LLAMA3 = Family(
 
 GEMMA = Family(
     "gemma", "Gemma", "<start_of_turn>", "<end_of_turn>",
-    # no system role: a system prompt opens the next user turn, as llama.cpp folds it (duo/chat.py)
+    # no system role: a system prompt opens the next user turn, as llama.cpp folds it (duo/data/chat.py)
     "{%- set ns = namespace(system='') %}{%- for m in messages %}"
     "{%- if m.role == 'system' %}{% set ns.system = m.content %}"
     "{%- elif m.role == 'user' %}{{ '<start_of_turn>user\\n' + (ns.system + '\\n' if ns.system else '') + m.content"
@@ -130,8 +130,8 @@ def render(chat_template: str, messages: list[dict], *, eos_token: str = "</s>",
 
 
 def served(chat_template: str, messages: list[dict]) -> list[dict]:
-    """The conversation llama.cpp renders for `messages` with this template (duo/chat.py decides)."""
-    from duo import chat
+    """The conversation llama.cpp renders for `messages` with this template (duo/data/chat.py decides)."""
+    from duo.data import chat
 
     return chat.for_template(messages, chat_template)
 

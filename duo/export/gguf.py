@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from duo import llamacpp_tools, models, records
+from duo import llamacpp_tools, models
+from duo.data import records
 
 
 def quant_types() -> dict[str, int]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import model_card, records
+from duo.data import records
+from duo.report import model_card
 
 
 def metadata(cycle: int, base: Path, adapter: Path) -> dict:

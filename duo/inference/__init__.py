@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from duo import chat, contracts, progress
+from duo import contracts, progress
+from duo.data import chat
 from duo.inference.hf import TransformersBackend
 from duo.inference.llama_cpp import LlamaCppBackend
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import chat, contracts
+from duo import contracts
+from duo.data import chat
 
 
 class TransformersBackend:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import chat, local_llm
+from duo import local_llm
+from duo.data import chat
 
 TEMPLATE_RESERVE = 32  # tokens the chat template adds around a prompt
 
@@ -26,7 +27,7 @@ class LlamaCppBackend:
     def fit(self, messages: list[dict]) -> list[dict]:
         """Policy for a conversation longer than the context: keep the head and tail of its longest
         message, cut the middle, so that max_tokens still fit; counted as `truncated_prompts` in
-        metrics/infer.json. The result as the chat template takes it (duo/chat.py)."""
+        metrics/infer.json. The result as the chat template takes it (duo/data/chat.py)."""
         sizes = [len(self.llm.tokenize(m["content"].encode(), add_bos=False, special=False)) for m in messages]
         budget = self.p.n_ctx - self.p.max_tokens - TEMPLATE_RESERVE * len(messages)
         if budget < 16:

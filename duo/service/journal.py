@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from duo import records
+from duo.data import records
 from duo.service.calls import Reply
 
 JOURNAL_DIR = Path(".duo/journal")  # relative to the project: journal_dir() is where it is now

@@ -17,7 +17,7 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from duo.text import normalise, words  # noqa: F401  (curation compares in the same normal form)
+from duo.data.text import normalise, words  # noqa: F401  (curation compares in the same normal form)
 
 REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i apologi[sz]e|as an ai( language model)?|i cannot (help|assist|"
                      r"provide|comply)|i can'?t (help|assist|provide|comply)|i am unable to|i'?m unable to)\b", re.I)

@@ -17,7 +17,7 @@ import math
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
-from duo import chat
+from duo.data import chat
 from duo.synth import filters, mix, teacher
 from duo.synth.curate import CurationIndex
 

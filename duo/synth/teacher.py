@@ -1,7 +1,8 @@
 """What the teacher is asked for each seed, and how its reply is read."""
 from __future__ import annotations
 
-from duo import chat, contracts, prompts
+from duo import contracts, prompts
+from duo.data import chat
 from duo.replies import json_objects
 from duo.service import Request
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import click
 
-from duo import records
+from duo.data import records
 
 ROOT = Path(".duo/checkpoints")
 MARKER = "COMPLETE"

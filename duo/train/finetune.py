@@ -11,10 +11,11 @@ from pathlib import Path
 
 import click
 
-from duo import chat, contracts
+from duo import contracts
+from duo.data import chat
 from duo import params as params_mod
 from duo import progress
-from duo import records
+from duo.data import records
 from duo.train import checkpoints, distributed, frozen_layers
 from duo.train import levers as train_levers
 
@@ -41,7 +42,7 @@ def load_rows(train_path: Path, cycle: int, synth_dir: Path = contracts.SYNTH_DI
 
 
 def to_conversations(rows: list[dict], template: str | None = None) -> list[dict]:
-    """TRL prompt/completion conversations (duo/chat.py): the loss falls on the final answer."""
+    """TRL prompt/completion conversations (duo/data/chat.py): the loss falls on the final answer."""
     return [chat.conversation(r, template) for r in rows]
 
 
@@ -175,7 +176,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     model = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
 
     # Count what the model will see, with the same template TRL applies, before training.
-    # The conversations as the served student sees them, tokenized here (duo/chat.py), counted before training.
+    # The conversations as the served student sees them, tokenized here (duo/data/chat.py), counted before training.
     examples = [chat.tokenized(tokenizer, r) for r in rows]
     lengths = [len(e["input_ids"]) for e in examples]
     truncated = sum(n > p.max_length for n in lengths)

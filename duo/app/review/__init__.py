@@ -3,7 +3,7 @@ accept or reject, edit a response, set the task; accepted exchanges become cover
 
 The page is a shell (page.html) with one tab per panel; a panel is a Python object (its state and
 `actions()`, each answering POST /api/<panel>/<action> with JSON) plus a script (<panel>.js) that
-registers how it draws itself. Exchanges (duo/review/exchanges.py) is the first; a second panel (e.g.
+registers how it draws itself. Exchanges (duo/app/review/exchanges.py) is the first; a second panel (e.g.
 people's ratings of judged test responses) adds its module and script and one entry in `panels()`.
 
 The server listens on 127.0.0.1 only, on a random port unless --port is given, and answers only requests
@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 
 import click
 
-from duo import traffic
+from duo.app import traffic
 
 HERE = Path(__file__).resolve().parent
 DECISIONS = Path("data/review.json")
@@ -32,7 +32,7 @@ DECISIONS = Path("data/review.json")
 
 def panels(coverage: Path, traffic_dir: Path, sources: list[Path], task: str | None) -> list:
     """The page's panels, in tab order."""
-    from duo.review import exchanges
+    from duo.app.review import exchanges
 
     items = exchanges.from_traffic(traffic_dir) + [i for src in sources for i in exchanges.from_file(src, task)]
     if task:

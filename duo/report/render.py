@@ -1,5 +1,5 @@
-"""Rendering of the report data built by duo/report.py: one self-contained HTML page (inline CSS,
-the charts of duo/report_charts.py as data: URIs, no script, nothing fetched) and a Markdown twin. Every text that comes from data (prompts, responses, task names, model names) is
+"""Rendering of the report data built by duo/report/build.py: one self-contained HTML page (inline CSS,
+the charts of duo/report/charts.py as data: URIs, no script, nothing fetched) and a Markdown twin. Every text that comes from data (prompts, responses, task names, model names) is
 untrusted and escaped: a `<script>` in a response is shown, never run."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 import html as html_mod
 import json
 
-from duo import gate
+from duo.loop import gate
 
 SCORES = ("similarity", "precision")
 GLOSSARY = [

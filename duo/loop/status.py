@@ -5,9 +5,10 @@ from pathlib import Path
 
 import click
 
-from duo import contracts, cycle, delivery, gate
+from duo import contracts
+from duo.loop import cycle, delivery, gate
 from duo import params as params_mod
-from duo import records
+from duo.data import records
 
 
 

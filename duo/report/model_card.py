@@ -1,6 +1,6 @@
 """MODEL_CARD.md beside the GGUF: what the model is, what it was trained on, how well it did, and
 under which licence. Written by the export stage (release metrics still pending, since evaluate runs
-after export) and written again with the final metrics when duo/cycle.py delivers the model.
+after export) and written again with the final metrics when duo/loop/cycle.py delivers the model.
 """
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from duo import contracts, records
+from duo import contracts
+from duo.data import records
 from duo.contracts import ADAPTER, BASE, EVAL_METRICS, EXPORT_METRICS, SYNTH_DIR, TEST, TRAIN, VERDICT
 
 

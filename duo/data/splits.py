@@ -53,7 +53,7 @@ def split_by_prompt(rows: list[dict], train_ratio: float, seed: int, validation_
                     validation_min_rows: int = 0, path: str = "coverage"
                     ) -> tuple[list[dict], list[dict], list[dict], int]:
     """`split`, with each prompt on one side: rows whose prompts are equal once normalised (their
-    `key`, duo.text.key) are one unit, drawn under their smallest id, and follow it to train,
+    `key`, duo.data.text.key) are one unit, drawn under their smallest id, and follow it to train,
     validation or test; without such rows this is `split` exactly. The same prompt under two tasks is
     refused with both lines (a row's `line`, else counted up to its byte offset `at` in `path`): which
     task it is cannot be guessed. Returns (train, validation, test, rows that went where an earlier id

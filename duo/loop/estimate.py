@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import click
 
-from duo import chat, contracts, records, splits, text
+from duo import contracts
+from duo.data import chat, records, splits, text
 from duo import params as params_mod
 
 SAMPLE = 200  # prompts whose tokens are counted; the mean stands for the rest
@@ -245,7 +246,7 @@ def render(f: dict) -> str:
 
 def next_cycle(params_path: str = "params.yaml") -> int | None:
     """The cycle `make cycle` runs next (None: the gate passed or gate.max_cycles is reached)."""
-    from duo import cycle
+    from duo.loop import cycle
 
     params = params_mod.load(params_path)
     try:

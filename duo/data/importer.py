@@ -5,10 +5,10 @@ Record layouts understood:
 - columns: a prompt, a response, a task (or `--task NAME` for the whole file) and optionally an id;
 - chat records, as in the No Robots dataset: `{"messages": [{"role": ..., "content": ...}], "category": ...}`.
   The last message must be the assistant's: it is the response, and everything before it (system prompt,
-  earlier turns, the final user turn) is the row's conversation, kept as it is (duo/chat.py renders it
+  earlier turns, the final user turn) is the row's conversation, kept as it is (duo/data/chat.py renders it
   with the student's chat template in training and serving alike). `system="prepend"` folds system
   messages into the first user turn instead (a blank line between), `system="drop"` discards them;
-- OpenAI chat-completions logs (duo/openai_logs.py): request/response pairs as apps and gateways write
+- OpenAI chat-completions logs (duo/data/openai_logs.py): request/response pairs as apps and gateways write
   them, batch-API output files (with `--batch-input`, the batch's input file), and duo's own traffic files.
 A conversation that is a single user turn becomes a plain `prompt` row.
 
@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 import click
 
-from duo import chat, openai_logs, records
+from duo.data import chat, openai_logs, records
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS = sorted(set(SUFFIXES.values()))

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
-from duo import contracts, model_card, records
+from duo import contracts
+from duo.data import records
+from duo.report import model_card
 
 DELIVERABLE = contracts.DIST / "deliverable.json"
 
@@ -41,7 +43,7 @@ def _best(standing: dict | None, fallback: int) -> tuple[int, str | None, str | 
 
 def _release_of(cycle: int, gguf_md5: str) -> tuple[dict | None, str]:
     """An earlier cycle's evaluation and verdict, from the experiment whose validation record names this GGUF."""
-    from duo import report
+    from duo.report import build as report
 
     exps, _ = report.experiments(Path("."))
     for exp in sorted(exps, key=lambda e: e["timestamp"], reverse=True):

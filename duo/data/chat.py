@@ -51,7 +51,8 @@ def problem(row: dict) -> str | None:
 
 def read_coverage(path) -> list[dict]:
     """Coverage rows (`prompt` or `messages`), checked line by line as the prepare stage checks them."""
-    from duo import contracts, records
+    from duo import contracts
+    from duo.data import records
 
     return records.read_records(path, contracts.COVERAGE_FIELDS, unique="id", check=problem)
 

@@ -3,7 +3,7 @@ slots with continuous batching, /health, /metrics, an optional API key), so an a
 the service LLM to the student by changing only its base URL (and model name).
 
 Serves, unless told otherwise, the deliverable (dist/student.gguf, once the gate has passed), else the
-best cycle's GGUF on validation so far (duo/delivery.py), else models/student.gguf. Prompts are rendered
+best cycle's GGUF on validation so far (duo/loop/delivery.py), else models/student.gguf. Prompts are rendered
 with the chat template embedded in the GGUF, which the export stage checked is the training template.
 
 Run: duo serve [--model PATH] [--host H] [--port P] [--parallel N]   (or: make serve)
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import click
 
-from duo import delivery, records
+from duo.data import records
+from duo.loop import delivery
 
 DELIVERABLE = delivery.DELIVERABLE
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from duo import chat
+from duo.data import chat
 from duo import contracts as c
 from duo import export
 from duo import params as params_mod

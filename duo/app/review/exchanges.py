@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from duo import chat, importer, openai_logs, records, traffic
+from duo.app import traffic
+from duo.data import chat, importer, openai_logs, records
 
 STATUSES = ("pending", "accepted", "rejected")
 

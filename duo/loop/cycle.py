@@ -16,9 +16,10 @@ import time
 
 import click
 
-from duo import contracts, delivery, estimate, gate
+from duo import contracts
+from duo.loop import delivery, estimate, gate
 from duo import params as params_mod
-from duo import records
+from duo.data import records
 
 VERDICT = contracts.VERDICT
 

@@ -98,7 +98,7 @@ def sentence(v: dict) -> str:
                   f"{', beyond noise' if worse['beyond_noise'] else ', within noise'})")
     if standing and v.get("best_cycle") != v["cycle"]:
         words += f"; best cycle on validation: {v['best_cycle']}"
-    return f"{words}; next: {v['next']}"
+    return f"{words}; next: {v['next']}" if v.get("next") else words  # a cycle.json from before "next"
 
 
 def cost(synth: dict | None, eval_metrics: dict, cycle: int) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from duo.report_render import SCORES, eval_block
+from duo.report.render import SCORES, eval_block
 
 
 def _png(fig) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import chat, records
+from duo.data import chat, records
 
 
 class RowError(ValueError):

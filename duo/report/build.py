@@ -4,8 +4,8 @@ Writes reports/cycle-<t>.html (self-contained: inline CSS and PNG images, opens 
 Markdown twin reports/cycle-<t>.md (images as files in reports/cycle-<t>/). Everything comes from
 the files the stages wrote (metrics/*.json, data/judgments.jsonl, data/predictions.jsonl) and, for
 the curves across cycles, from the DVC experiments (`dvc exp show --json`); nothing is recomputed
-from models. Rendering: duo/report_render.py (HTML, Markdown) and duo/report_charts.py; the cost
-model: duo/breakeven.py.
+from models. Rendering: duo/report/render.py (HTML, Markdown) and duo/report/charts.py; the cost
+model: duo/report/breakeven.py.
 
 Run: duo report [--params params.yaml] [--out reports]   (or: make report)
 """
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import click
 
-from duo import breakeven, contracts, records
+from duo import contracts
+from duo.data import records
+from duo.report import breakeven
 from duo import params as params_mod
 from duo.contracts import SCORES
 
@@ -177,7 +179,7 @@ def build(root: Path, params, now: dt.datetime | None = None, exps: list[dict] |
 
 def write(data: dict, out_dir: Path) -> tuple[Path, Path]:
     """reports/cycle-<t>.html, reports/cycle-<t>.md and its images, each written atomically."""
-    from duo import report_charts, report_render
+    from duo.report import charts as report_charts, render as report_render
 
     out_dir = Path(out_dir)
     stem = f"cycle-{data['cycle']}"

@@ -1,7 +1,7 @@
 """`duo record`: an OpenAI-compatible recording proxy. Point the application's base URL here; each
 request goes on to the service LLM (`service.model`, through duo/service/relay.py: limits, retries,
 keys from the environment only) and each exchange is appended to data/traffic/<date>.jsonl
-(duo/traffic.py: the full messages, parameters, reply, model, usage, latency, error; never a key).
+(duo/app/traffic.py: the full messages, parameters, reply, model, usage, latency, error; never a key).
 
 Endpoints: POST /v1/chat/completions (with and without `"stream": true`), GET /v1/models, GET /health.
 A malformed request gets 400 with a message and is not forwarded; a provider error reaches the app with
@@ -24,8 +24,8 @@ from pathlib import Path
 import click
 import orjson
 
-from duo import traffic
-from duo.serve import LOOPBACK, check_port
+from duo.app import traffic
+from duo.app.serve import LOOPBACK, check_port
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 NUMBERS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
