@@ -5,6 +5,10 @@ printing the line before it starts."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +17,7 @@ from click.testing import CliRunner
 from duo import cli, service
 from duo.loop import cycle, estimate
 from stages import evaluate, gate, prepare, synthesize
+from tests.conftest import ROOT
 from tests.fake_provider import FakeProvider, unique_pairs
 from tests.test_spend import _answer
 
@@ -133,3 +138,22 @@ def test_make_cycle_prints_the_estimate_before_it_starts_the_cycle(fake, in_tmp,
         cycle.run_cycle(1)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("estimate: cycle 1: synthesis 2") and out[1].startswith("cycle: running cycle 1")
+
+
+@pytest.mark.integration  # a real git repository and `dvc exp run`
+def test_a_budget_stop_inside_the_cycle_exits_75_with_one_line(fake, in_tmp, monkeypatch):
+    """The synthesize stage stops at the budget inside `dvc exp run` (which exits with its own code):
+    `make cycle` still says why and exits 75, and the replies paid before the stop are journaled."""
+    project(in_tmp, fake.url, budget_usd=0.015)  # one synthesis call reserves up to ~$0.011: room for one
+    (in_tmp / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"synthesize": {
+        "cmd": "python -m stages.synthesize", "params": ["cycle"], "outs": ["data/synth"]}}}))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `python`
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    with pytest.raises(service.ServiceStop, match=r"cycle 1 stopped: .*budget_usd") as stop:
+        cycle.run_cycle(1)
+    assert stop.value.exit_code == service.EXIT_STOPPED == 75
+    paid = [line for line in (in_tmp / ".duo" / "journal" / "synth.jsonl").read_text().splitlines() if line]
+    assert len(fake.requests) >= 1 and len(paid) == len(fake.requests), "every paid reply is journaled"

@@ -59,12 +59,27 @@ def run_cycle(t: int) -> None:
     while name in names:  # a rerun of the same cycle (inputs changed) gets its own row
         name, n = f"cycle-{t}-run{n}", n + 1
     click.echo(f"cycle: running cycle {t} as experiment '{name}'")
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     proc = dvc("exp", "run", "-n", name, "-S", f"cycle={t}", capture=False)
     if proc.returncode != 0:
+        from duo import service  # litellm is a slow import: only when a stage failed
+
+        stopped = _stopped_since(started, service.journal.stop_note())
+        if stopped:
+            raise service.ServiceStop(f"cycle {t} stopped: {stopped} (exit {service.EXIT_STOPPED}; paid replies "
+                                      f"are journaled: `make cycle` again after raising the budget replays them)")
         raise click.ClickException(f"cycle {t} failed (dvc exp run exit {proc.returncode}); fix the error "
                                    f"above and run `make cycle` again: finished stages are not redone")
     click.echo(f"cycle: cycle {t} finished in {time.monotonic() - start:.0f} s")
+
+
+def _stopped_since(start: float, note) -> str | None:
+    """A stage's budget or quota stop during this run (its note, service/errors.py), else None."""
+    try:
+        found = json.loads(note.read_text())
+    except (OSError, ValueError):
+        return None
+    return found.get("message") if found.get("time", 0) >= start else None
 
 
 def say(verdict: dict) -> None:

@@ -2,8 +2,10 @@
 scrubbed from anything we print or store."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 
 import click
 
@@ -16,6 +18,18 @@ FATAL_STATUS = {401, 403, 404}
 class ServiceStop(click.ClickException):
     """Budget or provider quota exhausted: stop starting calls, keep everything done."""
     exit_code = EXIT_STOPPED
+
+    def show(self, file=None) -> None:
+        # A stage's stop reaches `make cycle` through `dvc exp run`, which turns every stage failure into
+        # its own exit code: the note lets the cycle runner say why and exit 75 too.
+        from duo.service.journal import stop_note
+
+        super().show(file)
+        try:
+            stop_note().parent.mkdir(parents=True, exist_ok=True)
+            stop_note().write_text(json.dumps({"message": self.message, "time": time.time()}) + "\n")
+        except OSError:
+            pass  # the message above is what matters; a full disk must not hide it
 
 
 class ServiceFatal(click.ClickException):

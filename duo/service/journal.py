@@ -32,6 +32,11 @@ def journal_dir() -> Path:
     return state_dir() / "journal"
 
 
+def stop_note() -> Path:
+    """Written when a stage stops for a budget or quota (errors.ServiceStop): why, and when."""
+    return state_dir() / "stopped.json"
+
+
 class Spend:
     """USD per cycle that paid it (None: a line written before cycles were recorded); cycles with a
     reply litellm could not price."""
