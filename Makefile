@@ -31,9 +31,9 @@ help:
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
 # llama.cpp runs on the GPU where nvcc and an NVIDIA GPU are both present, on the CPU otherwise
-# (duo/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides).
-FLAVOUR := $(shell $(PYTHON) duo/gpu.py)
-GPU_FLAGS := $(shell $(PYTHON) duo/gpu.py --cmake)
+# (duo/llamacpp/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides).
+FLAVOUR := $(shell $(PYTHON) duo/llamacpp/gpu.py)
+GPU_FLAGS := $(shell $(PYTHON) duo/llamacpp/gpu.py --cmake)
 LLAMA_GPU := $(VENV)/.duo-llama-$(FLAVOUR)
 
 # On AMX CPUs (Xeon 4th gen on) ggml's AMX kernels die with SIGILL on any batched prompt: GCC 12 drops
@@ -80,14 +80,14 @@ $(LLAMA_GPU): $(NO_AMX)
 
 # llama.cpp's converter, from the sdist of the pinned llama-cpp-python (same llama.cpp version).
 # Re-run when the fetcher changes (it decides what tools/ must hold); it returns at once when complete.
-$(CONVERTER): $(STAMP) duo/llamacpp_tools.py
-	$(PY) -m duo.llamacpp_tools
+$(CONVERTER): $(STAMP) duo/llamacpp/converter.py
+	$(PY) -m duo.llamacpp.converter
 	@touch $@
 
 # llama.cpp's own server (parallel slots, continuous batching) for the local teacher/judge and `make serve`,
 # compiled from the same llama.cpp sources once per commit into ~/.cache/duo (~10 min on 2 cores, once).
-$(LLAMA_SERVER): $(CONVERTER) duo/llama_server.py
-	$(PY) -m duo.llama_server
+$(LLAMA_SERVER): $(CONVERTER) duo/llamacpp/builds.py
+	$(PY) -m duo.llamacpp.builds
 	@touch $@
 
 cycle: setup

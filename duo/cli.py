@@ -1,7 +1,6 @@
-"""duo: migrate one task's skill from a service LLM into a small local GGUF model.
+"""The `duo` command. Every entry point: cycle, converge, estimate, serve, report, bench, status, chat,
+import, curate, measure, record, review.
 
-Every entry point is here: cycle, converge, estimate, serve, report, bench, status, chat, import, curate,
-measure, record, review.
 Run: duo -h
 """
 from __future__ import annotations
@@ -63,7 +62,7 @@ def status_cmd(as_json: bool, params_path: str) -> None:
 def _load_llm(path: Path, n_ctx: int, threads: int):
     import llama_cpp
 
-    from duo import local_llm
+    from duo.llamacpp import local_llm
     from duo.app import serve
 
     serve.check_gguf(path)
@@ -79,7 +78,7 @@ def _load_llm(path: Path, n_ctx: int, threads: int):
 
 
 def _prompt_tokens(llm, messages: list[dict]) -> int:
-    from duo import local_llm
+    from duo.llamacpp import local_llm
 
     # as create_chat_completion tokenizes it: the template writes BOS where the model has one
     return len(llm.tokenize(local_llm.render_chat(llm, messages).encode(), add_bos=False, special=True))

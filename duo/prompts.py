@@ -1,4 +1,6 @@
-"""Render prompts/*.txt with string.Template; a missing variable is an error, never blank text."""
+"""prompts/*.txt rendered with string.Template; a missing variable is an error.
+
+Render prompts/*.txt with string.Template; a missing variable is an error, never blank text."""
 from __future__ import annotations
 
 import functools

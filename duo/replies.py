@@ -1,4 +1,6 @@
-"""JSON out of a model's reply: the reply itself, a fenced block, or objects embedded in prose, with
+"""JSON out of a model's reply, with bounded repair and never evaluation.
+
+JSON out of a model's reply: the reply itself, a fenced block, or objects embedded in prose, with
 bounded repair (trailing commas, single quotes) and never evaluation. The judge's scores and the
 teacher's pairs are both read this way."""
 from __future__ import annotations

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from duo import local_llm
+from duo.llamacpp import local_llm
 
 ROOT = Path(__file__).resolve().parent.parent
 

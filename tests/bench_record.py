@@ -105,12 +105,12 @@ async def _measure(direct: str, proxy: str, clients: int, rounds: int, per_clien
 def _proxy_figures(direct: str, prefix: str, extra: list[str], cases) -> dict:
     """Start `duo record` (with `extra` arguments) in front of `direct`, run the cases, stop it, count
     what it recorded."""
-    from duo import local_llm
+    from duo.llamacpp import llama_server
     from duo.app import traffic
 
     work = Path(tempfile.mkdtemp(prefix="duo-bench-record-"))
     (work / "params.yaml").write_text(f"service:\n  model: openai/upstream\n  api_base: {direct}\n")
-    port = local_llm.free_port()
+    port = llama_server.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-bench-provider-key"}
     proxy = subprocess.Popen([sys.executable, "-m", "duo.cli", "record", "--port", str(port), *extra], cwd=work,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -23,10 +23,10 @@ PROMPTS = ["Write a short note about the sea.", "Describe a walk in the park.", 
 
 
 def model_file() -> Path:
-    from duo import models
+    from duo import bundled
 
     student = ROOT / "models" / "student.gguf"
-    return student if student.exists() else models.bundled_gguf()
+    return student if student.exists() else bundled.bundled_gguf()
 
 
 def _clients(base: str, n: int, per_client: int = 8, tokens: int = 32) -> dict:
@@ -59,17 +59,17 @@ def _clients(base: str, n: int, per_client: int = 8, tokens: int = 32) -> dict:
 
 
 def bench_serve(parallel: int = 8) -> dict:
-    from duo import local_llm
+    from duo.llamacpp import llama_server
 
     gguf = model_file()
-    port = local_llm.free_port()
+    port = llama_server.free_port()
     env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf), "SERVE_PARALLEL": str(parallel),
            "SERVE_API_KEY": "bench"}
     proc = subprocess.Popen([sys.executable, "-m", "duo.cli", "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not local_llm._ready(f"http://127.0.0.1:{port}/health"):
+        while not llama_server._ready(f"http://127.0.0.1:{port}/health"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("duo.app.serve did not start")
             time.sleep(0.3)

@@ -97,12 +97,12 @@ def slim_wheel(wheel: Path, drop: re.Pattern) -> None:
 
 
 def pack_llama(dest: Path) -> None:
-    """llama.cpp's sources from the pinned llama-cpp-python sdist (duo.llamacpp_tools, pip's cache), as
+    """llama.cpp's sources from the pinned llama-cpp-python sdist (duo.llamacpp.converter, pip's cache), as
     llama.cpp/... in a .tar.gz, with COMMIT and VERSION as tools/llama.cpp has them."""
-    from duo import llamacpp_tools
+    from duo.llamacpp import converter
 
     with tempfile.TemporaryDirectory() as tmp:
-        sdist = llamacpp_tools.download_sdist(Path(tmp))
+        sdist = converter.download_sdist(Path(tmp))
         top = sdist.name.removesuffix(".tar.gz")
         prefix = f"{top}/vendor/llama.cpp/"
         with tarfile.open(sdist) as src, tarfile.open(dest, "w:gz", compresslevel=9) as out:
@@ -278,13 +278,13 @@ def driver_shim(work: Path, args: list[str]) -> list[str]:
 
 
 def configure(src: Path, build: Path, work: Path) -> tuple[str, list[str]]:
-    """CMake for llama-bench and llama-quantize with duo's llama.cpp flags (duo.llama_server), CUDA for
+    """CMake for llama-bench and llama-quantize with duo's llama.cpp flags (duo.llamacpp.llama_server), CUDA for
     Hopper only where nvcc is (GPU_CHECK_KIND=cpu|cuda overrides). Returns the flavour and the command."""
-    from duo import llama_server
+    from duo.llamacpp import builds
 
     kind = os.environ.get("GPU_CHECK_KIND") or ("cuda" if shutil.which("nvcc") else "cpu")
     off = ("-DLLAMA_BUILD_SERVER", "-DLLAMA_BUILD_APP")  # the server and the unified binary: not needed
-    args = [a for a in llama_server.cmake_args(kind) if a.split("=")[0] not in off] + [f"{a}=OFF" for a in off]
+    args = [a for a in builds.cmake_args(kind) if a.split("=")[0] not in off] + [f"{a}=OFF" for a in off]
     if kind == "cuda":
         args.append("-DCMAKE_CUDA_ARCHITECTURES=90-real")
     fixes, tried = {"CUDA::cublas": cublas_shim, "CUDA::cuda_driver": driver_shim}, set()
@@ -351,7 +351,7 @@ def finetune(work: Path, quick: bool) -> dict:
 def export(work: Path, build: Path, quant: str) -> Path:
     """What the export stage does without llama-cpp-python: merge, convert to f16, quantize. Without an
     adapter (the finetune failed) the base itself, so that the llama.cpp half still measures."""
-    from duo import llamacpp_tools
+    from duo.llamacpp import converter
     from duo.export import gguf
 
     hf = work / "models" / "base"
@@ -359,7 +359,7 @@ def export(work: Path, build: Path, quant: str) -> Path:
         hf = work / "merged"
         gguf.merge(work / "models" / "base", work / "models" / "adapter", hf)
     f16, out = work / "student-f16.gguf", work / "student.gguf"
-    proc = subprocess.run([sys.executable, str(llamacpp_tools.converter()), str(hf), "--outfile", str(f16),
+    proc = subprocess.run([sys.executable, str(converter.converter()), str(hf), "--outfile", str(f16),
                            "--outtype", "f16"], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"convert_hf_to_gguf failed:\n{(proc.stderr + proc.stdout)[-3000:]}")
@@ -410,7 +410,7 @@ def run(out: Path, work: Path, quick: bool, deadline: float) -> None:
     with tarfile.open(BUNDLE / "llama.cpp.tar.gz") as tar:
         tar.extractall(work, filter="data")
     tools = ROOT / "tools" / "llama.cpp"
-    if not (tools / "convert_hf_to_gguf.py").exists():  # what `make setup` puts there (duo.llamacpp_tools)
+    if not (tools / "convert_hf_to_gguf.py").exists():  # what `make setup` puts there (duo.llamacpp.converter)
         tools.mkdir(parents=True, exist_ok=True)
         for name in (*("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "COMMIT", "VERSION"),
                      "conversion", "gguf-py"):

@@ -42,11 +42,11 @@ def build(family: str, out: Path, arch: str | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
 
-    from duo import models
+    from duo import bundled
 
     default_arch, template, specials, bos, eos = CASES[family]
     arch = arch or default_arch
-    gguf = models.bundled_gguf("smollm2")
+    gguf = bundled.bundled_gguf("smollm2")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.add_special_tokens({"additional_special_tokens": specials})
     tok.bos_token, tok.eos_token, tok.pad_token = bos, eos, eos

@@ -9,9 +9,9 @@ import sys
 CHILD = """
 import math, sys
 import llama_cpp
-from duo import models
+from duo import bundled
 # Q4_1 weights and a prompt of ~300 tokens in one batch: the path the judge and infer take
-llm = llama_cpp.Llama(str(models.bundled_gguf()), n_ctx=512, n_batch=512, verbose=False)
+llm = llama_cpp.Llama(str(bundled.bundled_gguf()), n_ctx=512, n_batch=512, verbose=False)
 tokens = llm.tokenize(("The quick brown fox jumps over the lazy dog. " * 30).encode())
 llm.eval(tokens)
 assert all(math.isfinite(x) for x in llm.scores[len(tokens) - 1][:100]), "non-finite logits"

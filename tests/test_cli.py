@@ -8,9 +8,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from duo import local_llm, models
+from duo import bundled
+from duo.llamacpp import local_llm
 from duo.data import records
-from duo.loop import cycle
+from duo.loop import experiments
 from duo.cli import main
 from tests.conftest import copy_project
 
@@ -47,12 +48,12 @@ def test_importing_duo_changes_nothing_in_the_process():
 
 def test_next_step_follows_the_cycle_rules():
     failed = {"cycle": 1, "passed": False}
-    assert cycle.next_step(1, None, [], 3)[0] == "run"
-    assert cycle.next_step(1, failed, ["gate"], 3) == ("run", "run cycle 1 (stale: gate)")
-    assert cycle.next_step(2, failed, [], 3)[0] == "run"            # cycle bumped by hand: run it
-    assert cycle.next_step(1, failed, [], 3)[0] == "next"
-    assert cycle.next_step(2, {"cycle": 2, "passed": False}, [], 3)[0] == "stopped"
-    assert cycle.next_step(1, {"cycle": 1, "passed": True}, [], 3)[0] == "passed"
+    assert experiments.next_step(1, None, [], 3)[0] == "run"
+    assert experiments.next_step(1, failed, ["gate"], 3) == ("run", "run cycle 1 (stale: gate)")
+    assert experiments.next_step(2, failed, [], 3)[0] == "run"            # cycle bumped by hand: run it
+    assert experiments.next_step(1, failed, [], 3)[0] == "next"
+    assert experiments.next_step(2, {"cycle": 2, "passed": False}, [], 3)[0] == "stopped"
+    assert experiments.next_step(1, {"cycle": 1, "passed": True}, [], 3)[0] == "passed"
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_status_bad_places_are_clean_errors(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def gguf():
-    return models.bundled_gguf()
+    return bundled.bundled_gguf()
 
 
 @pytest.fixture(scope="module")

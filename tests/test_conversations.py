@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from duo import local_llm
+from duo.llamacpp import llama_server, local_llm
 from duo.data import chat, records
 from tests.test_chat import GEMMA_STRICT
 from tests.hand_templates import build
@@ -104,14 +104,14 @@ def test_system_prompt_task_trains_and_serves_token_for_token(family, tmp_path, 
     del backend
 
     # `duo serve`: an OpenAI request with that system message, as the app sends it
-    port = local_llm.free_port()
+    port = llama_server.free_port()
     env = {**os.environ, "SERVE_PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "duo.cli", "serve", "--model", str(gguf), "--threads", "2",
                              "--n-ctx", "512", "--parallel", "1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900  # a hang guard: the event is the health check
-        while not local_llm._ready(f"http://127.0.0.1:{port}/health"):
+        while not llama_server._ready(f"http://127.0.0.1:{port}/health"):
             assert proc.poll() is None and time.monotonic() < deadline, "duo serve did not start"
             time.sleep(0.2)
         url = f"http://127.0.0.1:{port}"

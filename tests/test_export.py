@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from duo.data import records
-from duo.loop import cycle, delivery
+from duo.loop import delivery
 from duo.export import checks as gguf_checks
 from duo.export import gguf
 from stages import export

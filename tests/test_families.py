@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from duo import local_llm
+from duo.llamacpp import llama_server
 from duo.data import records
 from duo.export import families
 from tests import vendor_students
@@ -98,7 +98,7 @@ def test_vendor_student_end_to_end(key, tmp_path, monkeypatch):
     assert len(predictions) == 2 and stats["completion_tokens"] > 0
 
     # serve: llama-server renders and tokenizes exactly what training renders
-    with local_llm.serve(gguf_file, n_ctx=1024, parallel=1, threads=1, log_name=f"vendor-{key}") as url:
+    with llama_server.serve(gguf_file, n_ctx=1024, parallel=1, threads=1, log_name=f"vendor-{key}") as url:
         server = url.removesuffix("/v1")
         for messages in families.PROBES:
             conversation = families.served(template, messages)
@@ -144,10 +144,10 @@ def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tmp_path: Path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-    from duo import models
+    from duo import bundled
     from duo.export import gguf as gguf_mod
 
-    gguf = models.bundled_gguf("smollm2")
+    gguf = bundled.bundled_gguf("smollm2")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

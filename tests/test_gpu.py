@@ -31,7 +31,7 @@ def fake_path(tmp_path, nvcc=True, smi: str | None = H200, smi_rc: int = 0) -> s
 
 
 def gpu_script(path: str, *args, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "duo" / "gpu.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(ROOT / "duo" / "llamacpp" / "gpu.py"), *args], capture_output=True, text=True,
                           env={**os.environ, "PATH": path, **env})
 
 
@@ -74,27 +74,27 @@ def test_the_makefile_builds_llama_cpp_with_cuda_only_on_a_gpu_box(tmp_path):
 
 def test_loads_offload_every_layer_only_with_a_gpu_build(monkeypatch, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from duo import gpu, llama_server, local_llm
+    from duo.llamacpp import builds, gpu, llama_server, local_llm
 
     expected = -1 if llama_cpp.llama_supports_gpu_offload() else 0
     assert gpu.offload_layers() == expected == local_llm.load_kwargs(1)["n_gpu_layers"]
     assert local_llm.load_kwargs(1, 12)["n_gpu_layers"] == 12
 
-    monkeypatch.setattr(llama_server, "binary", lambda: tmp_path / "llama-server")
+    monkeypatch.setattr(builds, "binary", lambda: tmp_path / "llama-server")
     monkeypatch.setenv("DUO_GPU", "cuda")
     cmd = llama_server.command(tmp_path / "m.gguf", host="127.0.0.1", port=1, n_ctx=64, parallel=1)
     assert cmd[cmd.index("--n-gpu-layers") + 1] == "999"
-    assert "-DGGML_CUDA=on" in llama_server.cmake_args("cuda")
+    assert "-DGGML_CUDA=on" in builds.cmake_args("cuda")
     monkeypatch.setenv("DUO_GPU", "cpu")
     cmd = llama_server.command(tmp_path / "m.gguf", host="127.0.0.1", port=1, n_ctx=64, parallel=1)
-    assert "--n-gpu-layers" not in cmd and "-DGGML_CUDA=on" not in llama_server.cmake_args("cpu")
+    assert "--n-gpu-layers" not in cmd and "-DGGML_CUDA=on" not in builds.cmake_args("cpu")
 
 
 def test_a_bad_override_stops_llama_server_with_a_message(monkeypatch):
     import click
 
-    from duo import llama_server
+    from duo.llamacpp import builds
 
     monkeypatch.setenv("DUO_GPU", "rocm")
     with pytest.raises(click.ClickException, match="DUO_GPU='rocm': use auto, cpu or cuda"):
-        llama_server.flavour()
+        builds.flavour()

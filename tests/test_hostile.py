@@ -121,12 +121,12 @@ def test_finetune_refuses_bad_data_before_loading_any_model(tmp_path, monkeypatc
 
 
 def test_infer_cuts_prompts_longer_than_the_context_and_counts_them():
-    from duo import models
+    from duo import bundled
     from duo.params import Infer
     from duo import inference as infer
 
     p = Infer(k=2, max_tokens=8, n_ctx=256, temperature=0.0, threads=1)
-    backend = infer.LlamaCppBackend(models.bundled_gguf("smollm2"), p)
+    backend = infer.LlamaCppBackend(bundled.bundled_gguf("smollm2"), p)
     long_prompt = "Summarize: " + "the quick brown fox jumps over the lazy dog. " * 200 + "END-MARK"
     test = [{"id": "long", "task": "summarization", "prompt": long_prompt, "response": "r"},
             {"id": "short", "task": "qa", "prompt": "What is 2 + 2?", "response": "4"}]

@@ -3,11 +3,13 @@ reruns exactly what it affects), the library never imports the stages, and stage
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import yaml
 
 from tests.conftest import ROOT
+from tests.generated import section
 
 
 def _imports(path: Path, root: Path) -> set[Path]:
@@ -62,3 +64,51 @@ def test_the_library_never_imports_the_stages():
 def test_every_stage_is_a_thin_main():
     fat = {p.name: n for p in (ROOT / "stages").glob("*.py") if (n := len(p.read_text().splitlines())) > 60}
     assert not fat, fat
+
+
+def test_no_import_circle_under_duo():
+    """Modules (package __init__ files aside) import each other without a circle, lazily or not: each
+    room can be read, and changed, from the bottom up."""
+    modules = [p.relative_to(ROOT) for p in (ROOT / "duo").rglob("*.py") if p.name != "__init__.py"]
+    edges = {m: {d for d in _imports(ROOT / m, ROOT) if d.parts[0] == "duo" and d.name != "__init__.py" and d != m}
+             for m in modules}
+    circles, done = [], set()
+
+    def visit(node, path):
+        if node in path:
+            circles.append([str(p) for p in path[path.index(node):]] + [str(node)])
+            return
+        if node in done:
+            return
+        for nxt in sorted(edges.get(node, ())):
+            visit(nxt, path + [node])
+        done.add(node)
+
+    for module in sorted(modules):
+        visit(module, [])
+    assert not circles, circles
+
+
+def _gist(path: Path) -> str:
+    """A module's docstring up to its first full stop or colon, on one line."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return re.split(r"(?<=[a-z)`'])[.](?:\s|$)", " ".join(doc.split()), maxsplit=1)[0]
+
+
+def layout_map() -> str:
+    """The README's map of duo/: each module with the gist of its docstring; each package with its own
+    gist and its modules."""
+    lines = ["```"]
+    for path in sorted((ROOT / "duo").iterdir()):
+        if path.suffix == ".py" and path.name != "__init__.py":
+            lines.append(f"duo/{path.name:18} {_gist(path)}")
+    for path in sorted((ROOT / "duo").iterdir()):
+        if (path / "__init__.py").exists():
+            modules = " ".join(p.stem for p in sorted(path.glob("*.py")) if p.name != "__init__.py")
+            modules += "".join(f" {p.name}/" for p in sorted(path.iterdir()) if (p / "__init__.py").exists())
+            lines += [f"duo/{path.name + '/':18} {_gist(path / '__init__.py')}", f"{'':23}{modules}"]
+    return "\n".join(lines + ["```", ""])
+
+
+def test_readme_map_of_duo_is_current():
+    section(ROOT / "README.md", "layout", layout_map(), "tests/test_layout.py")

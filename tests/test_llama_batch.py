@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from duo import local_llm, models
+from duo import bundled
+from duo.llamacpp import local_llm
 from duo import inference as infer
 
 pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
@@ -16,7 +17,7 @@ PROMPTS = ["Name one colour of the sky.", "Write a short poem about rain in the 
 def llm():
     from llama_cpp import Llama
 
-    return Llama(str(models.bundled_gguf()), n_ctx=1024, verbose=False, seed=42, **local_llm.load_kwargs(0))
+    return Llama(str(bundled.bundled_gguf()), n_ctx=1024, verbose=False, seed=42, **local_llm.load_kwargs(0))
 
 
 def _tokens(llm, prompt):

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from duo import llamacpp_tools
+from duo.llamacpp import converter
 from duo.export import families
 
 SYS, U1, A1, U2 = families.SYSTEM, families.USER1, families.REPLY1, families.USER2
@@ -50,7 +50,7 @@ def parse_modelfile(text: str) -> tuple[str | None, str]:
 
 
 def assigned_templates() -> list[tuple[str, str]]:
-    folder = llamacpp_tools.templates()
+    folder = converter.templates()
     found = [(p.stem, p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.jinja"))]
     return [(name, text) for name, text in found if families.detect(text).family]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from duo import local_llm
+from duo.llamacpp import llama_server
 from duo.app import record, traffic
 from tests.fake_provider import FakeProvider
 
@@ -92,7 +92,7 @@ def test_a_streamed_reply_is_put_back_together_with_tool_calls_and_usage():
 
 class Proxy:
     def __init__(self, cwd: Path, provider: FakeProvider, *extra: str, **env):
-        self.port = local_llm.free_port()
+        self.port = llama_server.free_port()
         (cwd / "params.yaml").write_text(f"service:\n  model: openai/upstream-model\n  api_base: {provider.url}\n"
                                          f"  max_retries: 1\n  timeout_s: 20\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": PROVIDER_KEY, **env}
@@ -304,6 +304,6 @@ def test_a_key_guards_the_proxy_and_a_network_host_needs_one(tmp_path, provider,
 def test_a_service_model_litellm_cannot_place_is_a_clean_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("service:\n  model: nonsense/x\n")
-    result = CliRunner().invoke(record.main, ["--port", str(local_llm.free_port())])
+    result = CliRunner().invoke(record.main, ["--port", str(llama_server.free_port())])
     assert result.exit_code == 1 and "service.model 'nonsense/x': litellm cannot tell its provider" in result.output
     assert "Traceback" not in result.output

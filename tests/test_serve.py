@@ -12,7 +12,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from duo import llama_server, local_llm, machine, models
+from duo import bundled, machine
+from duo.llamacpp import llama_server, local_llm
 from duo.app import serve
 
 pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
@@ -22,16 +23,16 @@ MESSAGES = [{"role": "user", "content": "Name one colour of the sky."}]
 
 @pytest.fixture(scope="module")
 def gguf():
-    return models.bundled_gguf()
+    return bundled.bundled_gguf()
 
 
 def start(gguf, cwd, **env_extra):
-    port = local_llm.free_port()
+    port = llama_server.free_port()
     env = {**os.environ, "SERVE_PORT": str(port), "SERVE_MODEL": str(gguf), **env_extra}  # `make serve`'s route
     proc = subprocess.Popen([sys.executable, "-m", "duo.cli", "serve", "--threads", "2"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 900  # a hang guard: the event is the health check
-    while not local_llm._ready(f"http://127.0.0.1:{port}/health"):
+    while not llama_server._ready(f"http://127.0.0.1:{port}/health"):
         if proc.poll() is not None:
             pytest.fail(f"duo.app.serve exited {proc.returncode}:\n{proc.stdout.read()}")
         assert time.monotonic() < deadline, "server not ready after 900 s"
@@ -152,7 +153,7 @@ def test_eight_concurrent_clients_with_the_key_and_401_without(gguf, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=30)
         assert err.value.code == 401
-        assert local_llm._ready(base.removesuffix("/v1") + "/health"), "/health needs no key"
+        assert llama_server._ready(base.removesuffix("/v1") + "/health"), "/health needs no key"
         assert "sk-serve-test-key" not in " ".join(open(f"/proc/{proc.pid}/cmdline").read().split("\0"))
     finally:
         proc.terminate()

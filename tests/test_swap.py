@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from duo import local_llm
+from duo.llamacpp import llama_server
 from duo.app import traffic
 from duo.data import chat
 from tests.conftest import copy_project
@@ -78,8 +78,8 @@ def test_record_review_cycle_serve_with_the_same_client_code(tmp_path):
                       "infer": {"k": 1, "max_tokens": 16}, "judge": {"m": 1}, "gate": {"threshold": 101, "max_cycles": 1}})
 
     # 1. record: the app's base URL points at duo record, which asks the service LLM
-    port = local_llm.free_port()
-    recorder = start(["record", "--port", str(port)], repo, {}, lambda p: local_llm._ready(f"http://127.0.0.1:{port}/health"))
+    port = llama_server.free_port()
+    recorder = start(["record", "--port", str(port)], repo, {}, lambda p: llama_server._ready(f"http://127.0.0.1:{port}/health"))
     try:
         before = app(f"http://127.0.0.1:{port}/v1", "gpt-4o", TICKETS)
     finally:
@@ -114,9 +114,9 @@ def test_record_review_cycle_serve_with_the_same_client_code(tmp_path):
     assert preds and all(p["messages"][0]["content"] == SYSTEM for p in preds), "judged with the context"
 
     # 4. make serve: the same app code, another base URL and model name
-    port = local_llm.free_port()
+    port = llama_server.free_port()
     server = start(["serve", "--threads", "2"], repo, {"SERVE_PORT": str(port)},
-                   lambda p: local_llm._ready(f"http://127.0.0.1:{port}/health"))
+                   lambda p: llama_server._ready(f"http://127.0.0.1:{port}/health"))
     try:
         after = app(f"http://127.0.0.1:{port}/v1", "student", TICKETS)
     finally:

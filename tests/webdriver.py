@@ -32,9 +32,9 @@ def available() -> str | None:
 
 class Browser:
     def __init__(self):
-        from duo import local_llm
+        from duo.llamacpp import llama_server
 
-        self.port = local_llm.free_port()
+        self.port = llama_server.free_port()
         self.profile = tempfile.mkdtemp(prefix="duo-chromium-")
         self.driver = subprocess.Popen([shutil.which("chromedriver"), f"--port={self.port}"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,1 +1,4 @@
-"""The application's side of the migration: the recording proxy and its traffic files, the review page, and the student served in the service's place."""
+"""The app's side: the recording proxy, the review page, the student served.
+
+The recording proxy and its traffic files (record, traffic), the review page (review/), and the student
+served in the service's place (serve)."""

@@ -73,7 +73,7 @@ def main(model_path: Path | None, host: str, port: int, parallel: int, alias: st
     """Serve the student GGUF with llama.cpp's OpenAI-compatible server (Ctrl-C stops it).
 
     SERVE_API_KEY (environment only) makes every request need `Authorization: Bearer <key>`."""
-    from duo import llama_server
+    from duo.llamacpp import llama_server
 
     key = os.environ.get("SERVE_API_KEY") or None
     if host not in LOOPBACK and not key and not insecure:

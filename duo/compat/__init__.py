@@ -1,4 +1,6 @@
-"""Every place duo relies on another library's internals rather than its documented API, listed here.
+"""Every use of another library's internals, each with a check.
+
+Every place duo relies on another library's internals rather than its documented API, listed here.
 
 Each entry names the internal, what duo uses it for and where, and a check that it is still there and
 still behaves as relied on; tests/test_compat.py runs every check, so a pinned upgrade that moves one

@@ -19,7 +19,7 @@ def llama_model(llm):
 
 @register("llama_cpp._internals (LlamaContext, LlamaBatch, LlamaSampler) and Llama._model",
           "continuous batching of K samples per prompt in one context; special tokens' texts",
-          "duo/inference/batch.py, duo/local_llm.py: render_chat")
+          "duo/inference/batch.py, duo/llamacpp/local_llm.py: render_chat")
 def _check_llama_internals():
     import inspect
 

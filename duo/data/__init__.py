@@ -1,1 +1,4 @@
-"""The user's data: strict JSONL records, coverage rows and conversations, the normal form texts are compared in, the split, and imports from other formats and logs."""
+"""The user's data: records, conversations, the split, imports.
+
+Strict JSONL records (records), coverage rows and conversations (chat), the normal form texts are
+compared in (text), the split (splits), and imports from other formats and logs (importer, openai_logs)."""

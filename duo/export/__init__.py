@@ -1,4 +1,6 @@
-"""Export: merge the adapter into the base, convert with llama.cpp's converter, quantize, and prove the
+"""Export: merge, convert, quantize, and prove the GGUF is the trained model.
+
+Export: merge the adapter into the base, convert with llama.cpp's converter, quantize, and prove the
 GGUF is the trained model before anything is installed (gguf.py converts, checks.py proves):
 - read back with gguf.GGUFReader: architecture, the training chat template, BOS/EOS ids;
 - llama.cpp and the HF tokenizer give the same ids on a fixed set of strings;
@@ -20,7 +22,7 @@ from pathlib import Path
 import click
 
 from duo import contracts as c
-from duo import llamacpp_tools
+from duo.llamacpp import converter
 from duo.data import records
 from duo.export import checks, families, gguf, release
 
@@ -136,7 +138,7 @@ def build(p, model_name: str, work: Path, log=click.echo, *, base: Path = c.BASE
         **{k: v for k, v in meta.items() if k != "chat_template"},
         "chat_template_matches": template_ok, "special_tokens_match": special_ok,
         **parity, "greedy": greedy, "perplexity": perplexity, "qlora_merge": qlora, "lora": lora, "probe_reply": reply,
-        "llama_cpp": llamacpp_tools.versions(),
+        "llama_cpp": converter.versions(),
         "check_seconds": seconds, "seconds": round(time.monotonic() - start, 1),
     }
     return metrics, failures

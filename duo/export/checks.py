@@ -46,7 +46,7 @@ def load(path: Path, n_ctx: int = 1024, lora: Path | None = None, threads: int =
     with logits_all; perplexity needs them all anyway)."""
     import llama_cpp
 
-    from duo import gpu
+    from duo.llamacpp import gpu
 
     kwargs = {"lora_path": str(lora)} if lora else {}
     kwargs["n_gpu_layers"] = gpu.offload_layers()

@@ -14,7 +14,6 @@ few settings read off its rendering: a default system prompt, Llama 3.1's dated 
 else is unknown: the Modelfile then has no TEMPLATE, with a warning saying why."""
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from duo import llamacpp_tools, models
+from duo import models
+from duo.llamacpp import converter
 from duo.data import records
 
 
@@ -102,7 +103,7 @@ def _architecture(hf_dir: Path) -> str:
 
 def conversion_error(model: str, hf_dir: Path, log: str) -> click.ClickException:
     """Turn the converter's failure into what the user can do about it."""
-    version = llamacpp_tools.versions()["llama_cpp_python"]
+    version = converter.versions()["llama_cpp_python"]
     arch = _architecture(hf_dir)
     tail = "\n".join(log.strip().splitlines()[-8:])
     cure = ("Choose a student that llama.cpp supports (student.source in params.yaml), or upgrade "
@@ -133,7 +134,7 @@ def convert(hf_dir: Path, out: Path, outtype: str = "f16", model: str | None = N
             metadata: dict | None = None) -> None:
     """Run llama.cpp's own convert_hf_to_gguf.py (same version as the runtime); `metadata` (general.*
     keys) goes into the header."""
-    cmd = [sys.executable, str(llamacpp_tools.converter()), str(hf_dir), "--outfile", str(out),
+    cmd = [sys.executable, str(converter.converter()), str(hf_dir), "--outfile", str(out),
            "--outtype", outtype]
     if metadata:
         override = out.with_name(out.name + ".metadata.json")
@@ -146,7 +147,7 @@ def convert(hf_dir: Path, out: Path, outtype: str = "f16", model: str | None = N
 def convert_lora(adapter: Path, base: Path, out: Path, outtype: str = "f32", model: str | None = None) -> None:
     """The adapter alone as a GGUF LoRA (llama.cpp's convert_lora_to_gguf.py); f32 because it is small
     and applied on top of the base's own weights at load time."""
-    cmd = [sys.executable, str(llamacpp_tools.lora_converter()), str(adapter), "--base", str(base),
+    cmd = [sys.executable, str(converter.lora_converter()), str(adapter), "--base", str(base),
            "--outfile", str(out), "--outtype", outtype]
     _run_converter(cmd, model or str(adapter), base)
 

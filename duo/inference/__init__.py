@@ -1,4 +1,6 @@
-"""Batch inference: K responses per test prompt from one of the backends below (one registry), in the
+"""Batch inference: K responses per test prompt from one backend registry.
+
+Batch inference: K responses per test prompt from one of the backends below (one registry), in the
 order they finish, reassembled by (prompt, sample)."""
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duo import local_llm
+from duo.llamacpp import local_llm
 from duo.data import chat
 
 TEMPLATE_RESERVE = 32  # tokens the chat template adds around a prompt

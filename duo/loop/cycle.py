@@ -10,57 +10,27 @@ Run: duo cycle | duo converge   (make cycle, make converge)
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import click
 
 from duo import contracts
-from duo.loop import delivery, estimate, gate
+from duo.loop import delivery, estimate, experiments, gate
 from duo import params as params_mod
 from duo.data import records
 
 VERDICT = contracts.VERDICT
 
 
-def _run(args: list[str], capture: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=capture, text=True)
-
-
-def dvc(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "dvc", *args], capture)
-
-
-def stale_stages() -> list[str]:
-    proc = dvc("status", "--json")
-    if proc.returncode != 0:
-        raise click.ClickException(f"dvc status failed:\n{proc.stderr.strip()[-2000:]}")
-    text = proc.stdout.strip()
-    status = json.loads(text[text.find("{"):]) if "{" in text else {}
-    return sorted(status)
-
-
-def exp_names() -> set[str]:
-    proc = dvc("exp", "ls", "--name-only")
-    return {line.strip() for line in proc.stdout.splitlines() if line.strip()} if proc.returncode == 0 else set()
-
-
-def _check_git() -> None:
-    if _run(["git", "rev-parse", "--verify", "HEAD"]).returncode != 0:
-        raise click.ClickException("duo runs each cycle as a DVC experiment, which needs a git repository "
-                                   "with at least one commit (git init && git add -A && git commit -m init)")
-
-
 def run_cycle(t: int) -> None:
     click.echo(estimate.line(t))  # what the cycle's service calls will cost, before the first is paid
-    names = exp_names()
+    names = experiments.exp_names()
     name, n = f"cycle-{t}", 2
     while name in names:  # a rerun of the same cycle (inputs changed) gets its own row
         name, n = f"cycle-{t}-run{n}", n + 1
     click.echo(f"cycle: running cycle {t} as experiment '{name}'")
     start, started = time.monotonic(), time.time()
-    proc = dvc("exp", "run", "-n", name, "-S", f"cycle={t}", capture=False)
+    proc = experiments.dvc("exp", "run", "-n", name, "-S", f"cycle={t}", capture=False)
     if proc.returncode != 0:
         from duo import service  # litellm is a slow import: only when a stage failed
 
@@ -86,24 +56,14 @@ def say(verdict: dict) -> None:
     click.echo(f"verdict: {gate.sentence(verdict)}")
 
 
-def next_step(t: int, verdict: dict | None, stale: list[str], max_cycles: int) -> tuple[str, str]:
-    """What the next `make cycle` does: (run | next | passed | stopped, in words); `duo status` shows it."""
-    if stale or not verdict or verdict.get("cycle") != t:
-        return "run", f"run cycle {t}" + (f" (stale: {', '.join(stale)})" if stale else "")
-    action, words = gate.after(t, verdict["passed"], max_cycles)
-    if action == "passed":
-        return action, f"nothing: the gate passed at cycle {t}; (re)deliver the best cycle's GGUF to {contracts.DIST}/"
-    return action, f"nothing: {words.removeprefix('stop: ')}" if action == "stopped" else words
-
-
 def turn() -> str:
     """One turn; returns 'ran', 'passed' or 'stopped'."""
     params = params_mod.load()
-    _check_git()
+    experiments.check_git()
     t = params.cycle
     verdict = records.read_json(VERDICT)
-    stale = stale_stages()
-    action, _ = next_step(t, verdict, stale, params.gate.max_cycles)
+    stale = experiments.stale_stages()
+    action, _ = experiments.next_step(t, verdict, stale, params.gate.max_cycles)
     if action == "run":
         if stale:
             click.echo(f"cycle: cycle {t} has stale stages: {', '.join(stale)}")

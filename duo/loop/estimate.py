@@ -246,12 +246,12 @@ def render(f: dict) -> str:
 
 def next_cycle(params_path: str = "params.yaml") -> int | None:
     """The cycle `make cycle` runs next (None: the gate passed or gate.max_cycles is reached)."""
-    from duo.loop import cycle
+    from duo.loop import experiments
 
     params = params_mod.load(params_path)
     try:
-        stale = cycle.stale_stages()
+        stale = experiments.stale_stages()
     except click.ClickException:
         stale = []
-    action, _ = cycle.next_step(params.cycle, records.read_json(cycle.VERDICT), stale, params.gate.max_cycles)
+    action, _ = experiments.next_step(params.cycle, records.read_json(contracts.VERDICT), stale, params.gate.max_cycles)
     return {"run": params.cycle, "next": params.cycle + 1}.get(action)

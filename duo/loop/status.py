@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from duo import contracts
-from duo.loop import cycle, delivery, gate
+from duo.loop import delivery, experiments, gate
 from duo import params as params_mod
 from duo.data import records
 
@@ -24,14 +24,14 @@ def _pick(d: dict | None, *keys):
 def collect(params_path: str | Path = "params.yaml") -> dict:
     params = params_mod.load(params_path)
     t, gate = params.cycle, params.gate
-    verdict = records.read_json(cycle.VERDICT)
+    verdict = records.read_json(contracts.VERDICT)
     metrics = {name: records.read_json(contracts.METRICS[name])
                for name in ("synth", "train", "export", "validation", "infer", "eval", "cost")}
     try:
-        stale, stale_error = cycle.stale_stages(), None
+        stale, stale_error = experiments.stale_stages(), None
     except click.ClickException as exc:
         stale, stale_error = None, exc.message.strip().splitlines()[-1]
-    action, what = cycle.next_step(t, verdict, stale or [], gate.max_cycles)
+    action, what = experiments.next_step(t, verdict, stale or [], gate.max_cycles)
     if stale is None:
         what += " (unsure: dvc status failed)"
     return {
@@ -43,7 +43,7 @@ def collect(params_path: str | Path = "params.yaml") -> dict:
         "stale": stale,
         "stale_error": stale_error,
         "next": {"action": action, "description": what},
-        "experiments": sorted(cycle.exp_names()),
+        "experiments": sorted(experiments.exp_names()),
         "deliverable": records.read_json(delivery.DELIVERABLE),
     }
 

@@ -47,10 +47,10 @@ def base_license(provenance: dict) -> str:
     if source.startswith("bundled:"):
         from gguf import GGUFReader
 
-        from duo import models
+        from duo import bundled
 
         try:
-            field = GGUFReader(str(models.bundled_gguf(source.split(":", 1)[1]))).fields.get("general.license")
+            field = GGUFReader(str(bundled.bundled_gguf(source.split(":", 1)[1]))).fields.get("general.license")
         except Exception:  # the card must not fail an export over a licence lookup
             field = None
         if field is not None:

@@ -1,4 +1,6 @@
-"""Every call to the service LLM (teacher and judge): duo/service/client.py says what a call survives."""
+"""Every call to the service LLM (teacher and judge).
+
+Every call to the service LLM (teacher and judge): duo/service/client.py says what a call survives."""
 from duo.service.calls import Reply, Request, Stats
 from duo.service.client import Service, from_params
 from duo.service.errors import EXIT_STOPPED, ServiceFatal, ServiceStop, scrub

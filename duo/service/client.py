@@ -32,7 +32,8 @@ from typing import Callable, Iterable
 
 import click
 
-from duo import local_llm, models
+from duo import bundled
+from duo.llamacpp import llama_server
 from duo.service import call_loop, errors
 from duo.service.budget import Allowance
 from duo.service.calls import Reply, Request, Stats
@@ -97,9 +98,9 @@ class Service:
             raise click.ClickException(f"service.batch: {self.spec} has no batch API duo can use (litellm's "
                                        f"OpenAI-style batches: {', '.join(BATCH_PROVIDERS)}); set service.batch: false")
         if self.is_local:
-            gguf = models.resolve_gguf(self.spec)
+            gguf = bundled.resolve_gguf(self.spec)
             self.api_base = self._stack.enter_context(
-                local_llm.serve(gguf, n_ctx=self.n_ctx, parallel=self.concurrency, log_name=f"service-{os.getpid()}"))
+                llama_server.serve(gguf, n_ctx=self.n_ctx, parallel=self.concurrency, log_name=f"service-{os.getpid()}"))
         if (self.budget_usd or self.budget_total_usd) and not self.is_local:
             self.journal_name = self.journal_name or "service"  # the ledger is the journals: spend must land in one
             self.purse = Allowance(self.model, self.cycle, self.budget_usd, self.budget_total_usd)

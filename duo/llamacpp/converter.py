@@ -1,7 +1,7 @@
 """llama.cpp's own converter scripts, taken from the source distribution of the pinned
 llama-cpp-python so that converter and runtime are the same llama.cpp version.
 
-Run by `make setup`: python -m duo.llamacpp_tools  (fetches the sdist through pip, once)
+Run by `make setup`: python -m duo.llamacpp.converter  (fetches the sdist through pip, once)
 """
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""llama.cpp's own HTTP server, `llama-server`, built from the llama.cpp sources of the pinned
-llama-cpp-python (the same llama.cpp as the runtime and the converter).
+"""llama-server compiled from the llama.cpp sources of the pinned llama-cpp-python (the same llama.cpp
+as the runtime and the converter), once per llama.cpp commit and flavour (`cpu`, or `cuda` where nvcc
+and a GPU are both found: duo/llamacpp/gpu.py), into a user cache, `$XDG_CACHE_HOME/duo/llama-server/`
+(like pip's wheel cache: a fresh clone reuses it).
 
-It gives every local server duo starts (the local teacher and judge, `make serve`) what the
-single-request Python server lacks: N parallel slots decoded together (continuous batching), each
-slot keeping its last prompt's KV cells so requests that share a prefix (the judge rubric) evaluate it
-once per slot, JSON-schema constrained output, `/health`, `/metrics` and `--api-key`.
-
-`make setup` builds it once per llama.cpp commit and flavour (`cpu`, or `cuda` where nvcc and a GPU
-are both found: duo/gpu.py) into a user cache, `$XDG_CACHE_HOME/duo/llama-server/` (like pip's wheel
-cache: a fresh clone reuses it).
-
-Run: python -m duo.llama_server   (builds if missing, prints the binary's path)
+Run by `make setup`: python -m duo.llamacpp.builds   (builds if missing, prints the binary's path)
 """
 from __future__ import annotations
 
@@ -25,7 +18,8 @@ from pathlib import Path
 
 import click
 
-from duo import gpu, llamacpp_tools, local_llm, machine
+from duo import machine
+from duo.llamacpp import converter, gpu
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duo" / "llama-server"
 # GCC 12 miscompiles ggml's AMX kernels (SIGILL on AMX Xeons; see the Makefile): left out on x86, as in
@@ -34,7 +28,7 @@ AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
 def flavour() -> str:
-    """duo/gpu.py's choice; a bad DUO_GPU is the user's to fix, said without a traceback."""
+    """duo/llamacpp/gpu.py's choice; a bad DUO_GPU is the user's to fix, said without a traceback."""
     try:
         return gpu.flavour()
     except ValueError as exc:
@@ -53,7 +47,7 @@ def cmake_args(kind: str) -> list[str]:
 
 
 def _where(kind: str | None = None) -> Path:
-    commit = llamacpp_tools.versions()["llama_cpp_commit"] or "unknown"
+    commit = converter.versions()["llama_cpp_commit"] or "unknown"
     return CACHE / f"{commit[:12]}-{kind or flavour()}" / "llama-server"
 
 
@@ -72,14 +66,14 @@ def build(kind: str | None = None, jobs: int | None = None) -> Path:
         return dest
     with tempfile.TemporaryDirectory(prefix="duo-llama-server-") as tmp:
         tmp = Path(tmp)
-        sdist = llamacpp_tools.download_sdist(tmp)
+        sdist = converter.download_sdist(tmp)
         prefix = sdist.name.removesuffix(".tar.gz") + "/vendor/llama.cpp/"
         with tarfile.open(sdist) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
             for m in members:
                 m.name = m.name[len(prefix):]
             tar.extractall(tmp / "src", members=members, filter="data")
-        click.echo(f"llama-server: building ({kind}) from llama.cpp {llamacpp_tools.versions()['llama_cpp_commit']}, "
+        click.echo(f"llama-server: building ({kind}) from llama.cpp {converter.versions()['llama_cpp_commit']}, "
                    f"a few minutes once", err=True)
         log = tmp / "build.log"
         with open(log, "w") as out:
@@ -94,24 +88,6 @@ def build(kind: str | None = None, jobs: int | None = None) -> Path:
         shutil.copy2(tmp / "build" / "bin" / "llama-server", staged)
         os.replace(staged, dest)
     return dest
-
-
-def command(model: Path, *, host: str, port: int, n_ctx: int, parallel: int, threads: int = 0,
-            alias: str | None = None, metrics: bool = False) -> list[str]:
-    """llama-server's command line: `parallel` slots of `n_ctx` cells each in one unified KV cache, the
-    GGUF's own chat template (the training template, checked at export). An API key goes in the
-    environment (LLAMA_API_KEY), never on the command line where `ps` shows it."""
-    n = local_llm.threads_for(threads)
-    cmd = [str(binary()), "--model", str(model), "--host", host, "--port", str(port),
-           "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel), "--kv-unified", "--cont-batching",
-           "--jinja", "--threads", str(n), "--threads-batch", str(n), "--no-webui"]
-    if flavour() == "cuda":  # every layer on the GPU, as llama-cpp-python loads do (duo/gpu.py)
-        cmd += ["--n-gpu-layers", "999"]
-    if alias:
-        cmd += ["--alias", alias]
-    if metrics:
-        cmd += ["--metrics"]
-    return cmd
 
 
 if __name__ == "__main__":

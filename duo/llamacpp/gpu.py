@@ -1,7 +1,7 @@
 """Which llama.cpp build a machine gets, and how many layers a load offloads to the GPU.
 
 Standard library only: `make setup` runs this file with the system Python before the environment
-exists (`python3 duo/gpu.py` prints the flavour) to choose the llama-cpp-python build."""
+exists (`python3 duo/llamacpp/gpu.py` prints the flavour) to choose the llama-cpp-python build."""
 from __future__ import annotations
 
 import os
