@@ -117,10 +117,10 @@ def describe(block: dict | None) -> list[str]:
 
     def one(name: str, a: dict) -> str:
         rho = a["spearman"]
-        parts = [f"{name}: {a['n']} rated responses scored, Spearman ρ {_fmt(rho['value'])} {_ci(rho['ci95'])}"]
+        parts = [f"{name}: {a['n']} rated responses scored, Spearman ρ {_fmt(rho['value'])}{_ci(rho['ci95'])}"]
         for k, v in a.items():
             if k.startswith("kappa_c"):
-                parts.append(f"κ@{k[7:]} {_fmt(v['value'])} {_ci(v['ci95'])} (n {v['n']})")
+                parts.append(f"κ@{k[7:]} {_fmt(v['value'])}{_ci(v['ci95'])} (n {v['n']})")
         return ", ".join(parts)
 
     lines = [one("panel", block["panel"])]
@@ -134,4 +134,4 @@ def _fmt(v) -> str:
 
 
 def _ci(v) -> str:
-    return "" if not v else f"[{v[0]:+.2f}, {v[1]:+.2f}]"
+    return "" if not v else f" [{v[0]:+.2f}, {v[1]:+.2f}]"
