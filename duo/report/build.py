@@ -203,7 +203,7 @@ def write(data: dict, out_dir: Path) -> tuple[Path, Path]:
     return html_path, md_path
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})  # also when run on its own
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 def main(params_path: str, out_dir: Path) -> None:
