@@ -225,3 +225,29 @@ def test_ratings_cost_no_call_for_judged_responses_and_only_their_own_calls_afte
         ev = run()
         assert len(fake.requests) - before == 6 + 4
         assert run() and len(fake.requests) - before == 6 + 4, "and a rerun pays nothing"
+
+
+def test_the_gate_stage_writes_an_uncalibrated_verdict_and_the_headline(in_tmp):
+    from stages import gate as gate_stage
+
+    judgments = [{"prompt_id": f"q{i}", "sample_idx": 0, "judge_idx": 0, "judge": "j", "subject": "student",
+                  "similarity": 90.0, "precision": 90.0, "error": None} for i in range(6)]
+    judgments.append({**judgments[0], "subject": "rated", "key": "0" * 16, "precision": 5.0})  # never in the statistic
+    records.write_jsonl("data/judgments.jsonl", judgments)
+    ev = {"cycle": 0, "mode": "single", "precision": {"mean": 90.0}, "similarity": {"mean": 90.0},
+          "reference": {}, "judge": {"calls": {}},
+          "calibration": {"ratings": 8, "panel": {"n": 8, "spearman": {"value": 0.9, "n": 8}}}}
+    records.write_json("metrics/eval.json", ev)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["gate"].update({"min_ratings": 10, "threshold": 70})
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(gate_stage.main, [], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(Path("metrics/cycle.json").read_text())
+    assert verdict["lower"] == 90.0 and not verdict["passed"] and verdict["uncalibrated"].startswith("8 rated")
+    summary = json.loads(Path("metrics/summary.json").read_text())
+    assert summary["rated"] == 8 and summary["judge_rho"] == 0.9 and summary["passed"] is False
+    raw["gate"]["min_ratings"] = 8
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    assert CliRunner().invoke(gate_stage.main, [], catch_exceptions=False).exit_code == 0
+    assert json.loads(Path("metrics/cycle.json").read_text())["passed"] is True

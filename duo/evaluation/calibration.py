@@ -78,24 +78,27 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-def agreement(rated: dict[str, dict], scores: dict[str, float], zetas: list[int], seed: int = 0) -> dict:
-    """ρ and κ@ζ (with n and 95% intervals) of one judge's `scores` against the ratings it scored."""
+def agreement(rated: dict[str, dict], scores: dict[str, float], zetas: list[int], seed: int = 0,
+              resamples: int = RESAMPLES) -> dict:
+    """ρ and κ@ζ (with n and 95% intervals; none with resamples=0) of one judge's `scores` against the
+    ratings it scored."""
+
+    def interval(n: int, statistic):
+        return reference.bootstrap_statistic(n, statistic, resamples=resamples, seed=seed) if resamples else None
+
     both = sorted(k for k in rated if k in scores)
     scored = [k for k in both if rated[k].get("score") is not None]
     xs, ys = [rated[k]["score"] for k in scored], [scores[k] for k in scored]
     out = {"n": len(both), "spearman": {
         "value": _r(spearman(xs, ys)), "n": len(scored),
-        "ci95": reference.bootstrap_statistic(len(scored), lambda ix: spearman([xs[i] for i in ix], [ys[i] for i in ix]),
-                                              resamples=RESAMPLES, seed=seed)}}
+        "ci95": interval(len(scored), lambda ix: spearman([xs[i] for i in ix], [ys[i] for i in ix]))}}
     for z in zetas:
         pairs = [(h, scores[k] >= z) for k in both if (h := ratings_mod.human_label(rated[k], z)) is not None]
         people, judge = [p for p, _ in pairs], [j for _, j in pairs]
         out[f"kappa_c{z}"] = {
             "value": _r(kappa(people, judge)), "n": len(pairs),
             "agree": _r(sum(p == j for p, j in pairs) / len(pairs)) if pairs else None,
-            "ci95": reference.bootstrap_statistic(len(pairs), lambda ix: kappa([people[i] for i in ix],
-                                                                               [judge[i] for i in ix]),
-                                                  resamples=RESAMPLES, seed=seed)}
+            "ci95": interval(len(pairs), lambda ix: kappa([people[i] for i in ix], [judge[i] for i in ix]))}
     return out
 
 
