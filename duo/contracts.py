@@ -17,6 +17,7 @@ PREDICTIONS = Path("data/predictions.jsonl")
 JUDGMENTS = Path("data/judgments.jsonl")
 TEACHER = Path("data/teacher.jsonl")  # the teacher's own answers to the test prompts (P-Match)
 VALIDATION_DIR = Path("data/validation")  # every cycle's greedy validation answers and scores, kept
+RATINGS = Path("data/ratings.jsonl")  # people's ratings of judged test responses (duo review), kept across cycles
 # models
 BASE = Path("models/base")
 ADAPTER = Path("models/adapter")
@@ -129,7 +130,7 @@ def evenly(points: list, n: int = LOSS_CURVE_POINTS) -> list:
 def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, zetas: list[int]) -> dict:
     """A cycle's headline in flat, short keys: gate value and its lower bound, the validation task score,
     V and C@ζ per score (ζ from judge.zetas, C as a share), ROUGE-L, exact match, service cost, training
-    seconds."""
+    seconds, and how many people's ratings the judge was checked on with its Spearman ρ."""
     out = {"cycle": verdict["cycle"], "gate": verdict["value"], "gate_low": verdict.get("lower"),
            "passed": verdict["passed"], "val": (verdict.get("validation") or {}).get("task_score")}
     for score, short in SCORE_ABBREV.items():
@@ -140,6 +141,8 @@ def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, z
     if eval_metrics.get("pairwise"):
         out["win"] = eval_metrics["pairwise"].get("win")
     ref = eval_metrics.get("reference") or {}
+    panel = (eval_metrics.get("calibration") or {}).get("panel") or {}
     out |= {"rougeL": ref.get("rougeL"), "em": ref.get("exact_match"), "cost_usd": cost.get("cost_usd"),
-            "train_s": (train or {}).get("train_seconds")}
+            "train_s": (train or {}).get("train_seconds"), "rated": panel.get("n"),
+            "judge_rho": (panel.get("spearman") or {}).get("value")}
     return out

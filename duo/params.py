@@ -207,6 +207,8 @@ class Gate:
     threshold: float = num(70.0, 0.0)
     confidence: float = num(0.9, 0.0, 1.0)
     max_cycles: int = num(3, 1)
+    min_ratings: int = num(0, 0)
+    min_agreement: float = num(0.5, -1.0, 1.0)
 
     def check(self):
         if self.score == "pairwise":
@@ -254,6 +256,9 @@ class Params:
                 int(self.gate.statistic[1:]) not in self.judge.zetas:
             yield "gate.statistic", (f"'{self.gate.statistic}' names ζ = {self.gate.statistic[1:]}, which judge.zetas "
                                      f"{self.judge.zetas} does not compute: the gate could never pass")
+        if self.gate.min_ratings and self.judge.mode == "pairwise":
+            yield "gate.min_ratings", ("calibration compares people's 1-100 ratings with single-mode judge scores; "
+                                       "judge.mode: pairwise has none (set gate.min_ratings: 0)")
         if self.gate.statistic != "mean" and not self.gate.statistic.startswith("c") and self.gate.threshold > 100:
             yield "gate.threshold", "win rates are percentages: a threshold over 100 can never pass"
 

@@ -1,10 +1,11 @@
 """evaluate: the service LLM judges each (prompt, response, reference) M times (duo/evaluation/):
 similarity and precision 1-100 (V, C@ζ, bootstrap intervals, per task and judge, P-Match against the
-teacher's own answers) or pairwise win rates; ROUGE-L and exact match beside. An unparseable reply is a
-judge error, excluded from every mean, counted; above judge.max_error_rate the stage fails.
+teacher's own answers) or pairwise win rates; ROUGE-L and exact match beside; the judges' agreement with
+people's ratings (data/ratings.jsonl, `duo review`). An unparseable reply is a judge error, excluded from
+every mean, counted; above judge.max_error_rate the stage fails.
 
-Run: python -m stages.evaluate   (reads data/predictions.jsonl, data/test.jsonl; writes data/judgments.jsonl,
-data/teacher.jsonl, metrics/eval.json)
+Run: python -m stages.evaluate   (reads data/predictions.jsonl, data/test.jsonl, data/ratings.jsonl; writes
+data/judgments.jsonl, data/teacher.jsonl, metrics/eval.json)
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from duo import contracts as c
 from duo import params as params_mod
 from duo import progress
 from duo.data import records
-from duo.evaluation import panel
+from duo.evaluation import panel, ratings
 
 
 @click.command()
@@ -23,7 +24,7 @@ from duo.evaluation import panel
 def main(params_path: str) -> None:
     params = params_mod.load(params_path)
     preds = records.read_records(c.PREDICTIONS, c.PREDICTION_FIELDS)
-    metrics, judgments, teacher = panel.evaluate(preds, c.read_rows(c.TEST), params)
+    metrics, judgments, teacher = panel.evaluate(preds, c.read_rows(c.TEST), params, ratings.read(c.RATINGS))
     records.write_jsonl(c.JUDGMENTS, judgments)
     records.write_jsonl(c.TEACHER, teacher)
     records.write_json(c.EVAL_METRICS, metrics)

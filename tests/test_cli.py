@@ -82,9 +82,14 @@ def test_status_reports_metrics_verdict_and_deliverable(project):
     records.write_json("metrics/eval.json", {"cycle": 0, "mode": "single",
                                              "similarity": {"mean": 38.2, "c70": 0.1},
                                              "precision": {"mean": 41.5, "c70": 0.2}, "reference": {"rougeL": 33.3},
-                                             "judge": {"judge_errors": 2, "samples": 28}})
+                                             "judge": {"judge_errors": 2, "samples": 28},
+                                             "calibration": {"ratings": 12, "panel": {
+                                                 "n": 12, "spearman": {"value": 0.71, "n": 12, "ci95": [0.3, 0.9]},
+                                                 "kappa_c70": {"value": 0.5, "n": 12, "ci95": None}}}})
     records.write_json("dist/deliverable.json", {"cycle": 0, "sha256": "ab" * 32, "file": "student.gguf"})
     out = invoke("status").output
+    assert ("calibration panel: 12 rated responses scored, Spearman ρ +0.71 [+0.30, +0.90], κ@70 +0.50 (n 12)"
+            in out), out
     assert "verdict     cycle 0: precision mean = 41.5 vs ε = 70 -> not passed" in out
     assert "finetune    cycle 0: 116 rows, 60 steps, loss 1.234, 300.0 s" in out
     assert "precision V=41.5 C@70=0.2, ROUGE-L 33.3, 2/28 judge errors" in out

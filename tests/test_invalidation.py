@@ -31,6 +31,8 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("prompts/synth.txt", {"synthesize"}),
     ("prompts/synth_summarization.txt", {"synthesize"}),
     ("data/coverage.jsonl", {"prepare"}),
+    ("data/ratings.jsonl", {"evaluate"}),  # new ratings: the calibration block, then the gate, again
+    ("duo/evaluation/calibration.py", {"evaluate"}),
     ("stages/infer.py", {"infer"}),
     ("duo/export/gguf.py", {"export"}),
     ("duo/export/checks.py", {"export"}),
@@ -61,6 +63,7 @@ EDITS = [  # (what is edited, stages that must be flagged)
     ("params:judge.m", {"evaluate"}),
     ("params:judge.zetas", {"evaluate", "gate"}),
     ("params:gate.threshold", {"gate"}),
+    ("params:gate.min_ratings", {"gate"}),
     ("params:cycle", {"synthesize", "finetune", "export", "validate", "infer", "evaluate", "gate"}),
 ]
 

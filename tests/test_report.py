@@ -402,3 +402,73 @@ def test_a_filter_warning_reaches_the_report(project):
     for text in (page, md):
         assert "no_passage_to_summarize removed 51 of 51 candidates" in text
         assert "0 of 51 kept (no_passage_to_summarize 51)" in text
+
+
+def _rated(root: Path, files: dict, min_ratings: int) -> dict:
+    """People rate the 12 first responses: their scores follow the judge's precision with noise, one
+    response rated pass/fail; the calibration block and the verdict as evaluate and gate make them."""
+    from duo.evaluation import calibration, ratings
+
+    preds = [json.loads(line) for line in (root / "data" / "predictions.jsonl").read_text().splitlines()]
+    judgments = [json.loads(line) for line in (root / "data" / "judgments.jsonl").read_text().splitlines()]
+    keys = {(p["prompt_id"], p["sample_idx"]): ratings.key(p) for p in preds}
+    per_judge = calibration.judge_scores(judgments, keys)
+    rng = random.Random(3)
+    given = {}
+    for i, p in enumerate(preds[:12]):
+        judge = per_judge["local"][keys[(p["prompt_id"], p["sample_idx"])]]
+        row = ratings.rating_row(p, verdict="pass", zeta=70) if i == 5 else \
+            ratings.rating_row(p, score=max(1, min(100, round(judge + rng.uniform(-15, 15)))))
+        given[row["key"]] = row
+    ratings.write(root / "data" / "ratings.jsonl", given)
+    ev = files["eval"] | {"calibration": calibration.calibrate(given, per_judge, ["local"], [50, 70])}
+    g = params_mod.Gate(threshold=60, max_cycles=3, min_ratings=min_ratings, min_agreement=0.5)
+    records.write_json(root / "metrics" / "eval.json", ev)
+    records.write_json(root / "metrics" / "cycle.json", gate_mod.verdict(ev, g, 1))
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["gate"].update({"min_ratings": min_ratings, "min_agreement": 0.5})
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return ev
+
+
+def test_calibration_panel_shows_eval_jsons_numbers_and_the_gate_requirement(project, tmp_path):
+    root, files = project
+    data = _build(root)
+    html = report_render.html(data, {})
+    assert "Judge vs people" in html and "No ratings yet" in html and "gate.min_ratings: 0" in html
+    ev = _rated(root, files, min_ratings=40)
+    data = _build(root)
+    assert len(data["calibration_points"]) == ev["calibration"]["panel"]["spearman"]["n"] == 11
+    html_path, md_path = report.write(data, tmp_path / "reports")
+    page = html_path.read_text()
+    rho = ev["calibration"]["panel"]["spearman"]["value"]
+    assert rho > 0.5 and f"{rho:+.2f}" in page
+    assert f"{ev['calibration']['panel']['kappa_c70']['value']:+.2f} (12)" in page, "the pass/fail rating counts at 70"
+    assert "NOT met (12 rated responses &lt; gate.min_ratings 40)" in page and "uncalibrated judge" in page
+    assert 'alt="people&#x27;s scores against the judge&#x27;s"' in page
+    assert "## Judge vs people" in md_path.read_text() and (tmp_path / "reports" / "cycle-1" / "calibration.png").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None, reason="no chromium")
+def test_calibration_panel_in_a_browser(project, tmp_path):
+    from tests import webdriver
+
+    root, files = project
+    _rated(root, files, min_ratings=10)
+    html_path, _ = report.write(_build(root), tmp_path / "reports")
+    browser = webdriver.Browser()
+    try:
+        browser.get(html_path.as_uri())
+        browser.wait("#calibration")
+        browser.js("document.querySelector('#calibration').scrollIntoView()")
+        text = browser.js("return document.querySelector('#calibration').nextElementSibling.textContent")
+        assert "met." in text and "NOT met" not in text, text
+        loaded = browser.js("const i = document.querySelector('img[alt^=\"people\"]'); return i.complete && i.naturalWidth")
+        assert loaded > 300, "the scatter is embedded and decodes"
+        folder = Path(os.environ.get("DUO_SCREENSHOTS") or tmp_path)
+        shot = browser.screenshot(folder / "report_calibration.png")
+        print(f"\nscreenshot of the report's calibration panel: {shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.close()

@@ -207,3 +207,119 @@ def test_accept_three_edit_one_reload_in_a_real_browser(project, tmp_path_factor
         assert row["task"] == "triage" and row["messages"] == by_key[key]["messages"]
     assert [r["response"] for r in rows] == [by_key[keys[0]]["reply"]["content"], "outage (router)",
                                              by_key[keys[2]]["reply"]["content"]]
+
+
+# --- the Ratings panel: people rate judged test responses -----------------------------------------
+
+JUDGE_SCORES = [90, 15, 60, 35, 75]
+
+
+@pytest.fixture
+def judged(project):
+    """A cycle's judged predictions (one with a conversation) and judgments in the project."""
+    preds = [{"prompt_id": f"q{i}", "sample_idx": 0, "task": "triage", "prompt": f"Ticket {i}: {text}",
+              "reference": ref, "response": resp, "cycle": 0}
+             for i, (text, ref, resp) in enumerate([("charged twice", "billing", "billing"),
+                                                    ("router red", "outage", "billing"),
+                                                    ("gift cards?", "other", "other, probably"),
+                                                    ("office?", "other", "outage"),
+                                                    ("site down", "outage", "outage")])]
+    preds[0]["messages"] = [SYSTEM, {"role": "user", "content": preds[0]["prompt"]}]
+    judgments = [{"prompt_id": p["prompt_id"], "sample_idx": 0, "judge_idx": 0, "judge": "openai/gpt-4o",
+                  "subject": "student", "similarity": s, "precision": s, "error": None, "raw": "{}"}
+                 for p, s in zip(preds, JUDGE_SCORES)]
+    judgments.append({**judgments[1], "judge_idx": 1, "precision": None, "similarity": None, "error": "unparseable"})
+    records.write_jsonl(project / "data" / "predictions.jsonl", preds)
+    records.write_jsonl(project / "data" / "judgments.jsonl", judgments)
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return preds
+
+
+def test_ratings_panel_rates_hides_the_judge_until_rated_and_keeps_ratings(judged, project):
+    from duo.app.review import ratings as panel_mod
+    from duo.evaluation import ratings
+
+    p = panel_mod.from_project()
+    first = p.list({})
+    assert first["counts"] == {"rated": 0, "unrated": 5, "judged": 5} and first["zetas"] == [50, 70]
+    assert all(item["judge"] is None for item in first["items"]), "no anchoring: the judge's score is hidden"
+    order = [item["key"] for item in first["items"]]
+    assert order == [item["key"] for item in panel_mod.from_project().list({})["items"]], "a fixed sample order"
+    by_prompt = {item["prompt_id"]: item for item in first["items"]}
+    assert by_prompt["q0"]["messages"][0] == SYSTEM
+    done = p.rate({"key": by_prompt["q0"]["key"], "score": 85})
+    assert done["rated"] and done["judge"] == 90.0
+    assert p.rate({"key": by_prompt["q1"]["key"], "verdict": "fail", "zeta": 70})["judge"] == 15.0
+    for bad, why in (({"score": 0}, "score must be"), ({"score": 50, "verdict": "pass", "zeta": 50}, "exactly one"),
+                     ({"verdict": "pass", "zeta": 60}, "not one of judge.zetas")):
+        with pytest.raises(ValueError, match=why):
+            p.rate({"key": by_prompt["q2"]["key"], **bad})
+    with pytest.raises(ValueError, match="no judged response"):
+        p.rate({"key": "nope", "score": 5})
+    saved = ratings.read(project / "data" / "ratings.jsonl")
+    assert {r["prompt_id"]: (r["score"], r["verdict"], r["zeta"]) for r in saved.values()} == {
+        "q0": (85, None, None), "q1": (None, "fail", 70)}
+    # a restart reads them; a later cycle that no longer has q1's response still lists its rating to revise
+    records.write_jsonl(project / "data" / "predictions.jsonl", [judged[0]])
+    again = panel_mod.from_project()
+    listing = again.list({"filter": "rated"})
+    assert {i["prompt_id"]: i["current"] for i in listing["items"]} == {"q0": True, "q1": False}
+    assert listing["counts"]["unrated"] == 0
+    again.rate({"key": by_prompt["q1"]["key"], "clear": True})
+    assert set(ratings.read(project / "data" / "ratings.jsonl")) == {by_prompt["q0"]["key"]}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(webdriver.available() is not None, reason=str(webdriver.available()))
+def test_rate_in_a_real_browser(judged, project):
+    proc, url = start(project)
+    browser = webdriver.Browser()
+    people = {"q0": 95, "q1": 10, "q2": 25, "q3": 30}  # q4 gets a verdict: pass @70
+    try:
+        browser.get(url + "#ratings")
+        cards = browser.wait(".rcard", 5)
+        assert browser.js("return document.querySelectorAll('.judge-score').length") == 0, "judge hidden before rating"
+        metas = {browser.js("return arguments[0].dataset.key", c):
+                 browser.js("return arguments[0].querySelector('.meta').textContent", c) for c in cards}
+        key = {f"q{i}": next(k for k, meta in metas.items() if f"prompt q{i}" in meta) for i in range(5)}
+        browser.js("const e = document.querySelector('#ratings-filter'); e.value = '';"
+                   "e.dispatchEvent(new Event('change'))")
+        browser.wait(".rcard", 5)
+        for pid, score in people.items():
+            card = browser.wait(f'.rcard[data-key="{key[pid]}"]')[0]
+            browser.type(browser.find("input.score", card)[0], str(score))
+            browser.click(browser.find("button.save-score", card)[0])
+            browser.wait(f'.rcard[data-key="{key[pid]}"][data-rated="true"]')
+        card = browser.wait(f'.rcard[data-key="{key["q4"]}"]')[0]
+        browser.click(browser.find("button.pass-70", card)[0])
+        browser.wait(f'.rcard[data-key="{key["q4"]}"][data-rated="true"]')
+        shown = browser.js("return document.querySelector(`.rcard[data-key='${arguments[0]}'] .judge-score`).textContent",
+                           key["q1"])
+        assert shown == "15", "once rated, the judge's score is shown (its valid sample; the error left out)"
+        browser.until(lambda: "5 rated" in browser.js("return document.querySelector('#ratings-agreement').textContent"),
+                      "the live agreement line counts the 5 ratings")
+        line = browser.js("return document.querySelector('#ratings-agreement').textContent")
+        # people 95, 10, 25, 30 vs judge 90, 15, 60, 35 rank q1 < q2 < q3 < q0 and q1 < q3 < q2 < q0: d² = 2,
+        # ρ = 1 - 6·2/(4·15) = 0.8; at ζ = 70 both pass q0 and q4 (a verdict at 70) only: κ = 1 over 5
+        assert "Spearman ρ +0.80" in line and "κ@70 +1.00 (n 5)" in line and "κ@50 +0.50 (n 4)" in line, line
+        browser.refresh()  # the page opens on what is left to rate: nothing
+        browser.wait("#ratings-counts")
+        assert "5 rated · 0 to rate" in browser.js("return document.querySelector('#ratings-counts').textContent")
+        assert not browser.find(".rcard")
+        browser.js("const e = document.querySelector('#ratings-filter'); e.value = '';"
+                   "e.dispatchEvent(new Event('change'))")
+        browser.wait(".rcard", 5)
+        folder = Path(os.environ.get("DUO_SCREENSHOTS") or project)  # where a person looks at it
+        shot = browser.screenshot(folder / "ratings_view.png")
+        print(f"\nscreenshot of the ratings view: {shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+    from duo.evaluation import ratings
+
+    saved = {r["prompt_id"]: r for r in ratings.read(project / "data" / "ratings.jsonl").values()}
+    assert {pid: r["score"] for pid, r in saved.items() if r["score"]} == people
+    assert (saved["q4"]["verdict"], saved["q4"]["zeta"]) == ("pass", 70)
+    assert saved["q0"]["messages"][0] == SYSTEM and saved["q0"]["reference"] == "billing"

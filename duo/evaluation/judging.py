@@ -55,17 +55,21 @@ def _ask(jobs: list, make_request, parse, svc: service.Service, p, desc: str) ->
     return [results[i] for i in range(len(jobs))]
 
 
-def judge_single(preds: list[dict], svc, p, name: str, subject: str, teacher: list[dict] = ()) -> list[dict]:
-    """Judge rows of `preds` (as `subject`) and of `teacher` (the service's own answers, for P-Match).
+def judge_single(preds: list[dict], svc, p, name: str, subject: str, teacher: list[dict] = (),
+                 rated: list[dict] = ()) -> list[dict]:
+    """Judge rows of `preds` (as `subject`), of `teacher` (the service's own answers, for P-Match) and
+    `rated` (people's ratings of responses not among `preds`, for calibration: asked exactly as when they
+    were predictions, so a journaled reply is replayed, not paid again; their rows carry the rating key).
     A prompt's samples and its teacher answer share the rubric, instruction and reference; they are
     asked one after another, interleaved with other prompts' (`_interleave`), so a local llama.cpp server
     evaluates that prefix once per prompt. Rows come back students first, in input order."""
-    items = [(pred, subject) for pred in preds] + [(row, "teacher") for row in teacher]
+    items = [(pred, subject) for pred in preds] + [(row, "teacher") for row in teacher] + \
+        [(row, "rated") for row in rated]
     groups: dict[str, list[int]] = {}
     for k, (pred, _) in enumerate(items):
         groups.setdefault(pred["prompt_id"], []).append(k)
     jobs = [(k, j) for k in _interleave(list(groups.values()), svc.concurrency) for j in range(p.m)]
-    desc = f"judge {subject}" + (" + teacher" if teacher else "")
+    desc = f"judge {subject}" + (" + teacher" if teacher else "") + (" + rated" if rated else "")
     out = _ask(jobs, lambda job, a: judge_request(items[job[0]][0], job[1], a, p, svc.supports_schema),
                judge.parse_reply, svc, p, desc)
     rows = []
@@ -73,7 +77,8 @@ def judge_single(preds: list[dict], svc, p, name: str, subject: str, teacher: li
         pred, who = items[k]
         rows.append({"prompt_id": pred["prompt_id"], "sample_idx": pred["sample_idx"], "judge_idx": j,
                      "judge": name, "subject": who, "similarity": scores and scores["similarity"],
-                     "precision": scores and scores["precision"], "error": error, "raw": raw})
+                     "precision": scores and scores["precision"], "error": error, "raw": raw,
+                     **({"key": pred["key"]} if who == "rated" else {})})
     return rows
 
 

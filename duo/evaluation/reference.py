@@ -109,8 +109,26 @@ def bootstrap(scores: dict[str, tuple[str, str, float]], baseline: dict | None =
     rng = random.Random(seed)
     draws = sorted(_mean_of_task_means({t: [v[rng.randrange(len(v))] for _ in v] for t, v in by_task.items()})
                    for _ in range(resamples))
-    observed = _mean_of_task_means(by_task)
     if one_sided:
-        return [round(draws[int((1 - level) * resamples)], 2), round(observed, 2)]
-    tail = (1 - level) / 2
-    return [round(draws[int(tail * resamples)], 2), round(draws[min(resamples - 1, int((1 - tail) * resamples))], 2)]
+        return [round(draws[int((1 - level) * resamples)], 2), round(_mean_of_task_means(by_task), 2)]
+    return _two_sided(draws, level, 2)
+
+
+def _two_sided(draws: list[float], level: float, digits: int) -> list[float]:
+    """Percentile interval at `level` of sorted bootstrap draws."""
+    tail, n = (1 - level) / 2, len(draws)
+    return [round(draws[int(tail * n)], digits), round(draws[min(n - 1, int((1 - tail) * n))], digits)]
+
+
+def bootstrap_statistic(n: int, statistic, *, level: float = 0.95, resamples: int = 2000, seed: int = 0,
+                        digits: int = 3) -> list[float] | None:
+    """Two-sided interval at `level` of any statistic of n items (a correlation, an agreement):
+    `statistic(indices)` on resamples of the n indices with replacement; a draw where the statistic is
+    undefined (None, e.g. every pick alike) is left out, and with fewer than half the draws defined
+    there is no interval."""
+    if n < 2:
+        return None
+    rng = random.Random(seed)
+    draws = [statistic([rng.randrange(n) for _ in range(n)]) for _ in range(resamples)]
+    draws = sorted(d for d in draws if d is not None)
+    return _two_sided(draws, level, digits) if len(draws) >= resamples / 2 else None

@@ -3,7 +3,9 @@
 - the current cycle has not run (or its inputs changed): run it;
 - it ran and the gate passed: say so, deliver the GGUF, do nothing else;
 - it ran, the gate failed and cycles remain: bump `cycle` and run the next one;
-- it ran and gate.max_cycles is reached: say so and stop.
+- it ran and gate.max_cycles is reached: say so and stop;
+- it ran, the statistic cleared ε but too few people's ratings back the judge (gate.min_ratings,
+  gate.min_agreement): say so and stop until they are given (the new ratings make evaluate stale).
 
 Run: duo cycle | duo converge   (make cycle, make converge)
 """
@@ -72,6 +74,11 @@ def turn() -> str:
         say(verdict)
         click.echo(f"cycle: nothing to do; the deliverable is {delivery.deliver(verdict)}")
         return "passed"
+    elif action == "uncalibrated":
+        say(verdict)
+        click.echo("cycle: nothing to do until the judge is calibrated: rate test responses in `duo review` "
+                   "(Ratings tab), then run `make cycle` again")
+        return "stopped"
     elif action == "stopped":
         say(verdict)
         click.echo(f"cycle: nothing to do; gate.max_cycles={params.gate.max_cycles} reached")

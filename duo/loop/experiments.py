@@ -41,10 +41,12 @@ def check_git() -> None:
 
 
 def next_step(t: int, verdict: dict | None, stale: list[str], max_cycles: int) -> tuple[str, str]:
-    """What the next `make cycle` does: (run | next | passed | stopped, in words); `duo status` shows it."""
+    """What the next `make cycle` does (run, next, passed, uncalibrated or stopped, and in words)."""
     if stale or not verdict or verdict.get("cycle") != t:
         return "run", f"run cycle {t}" + (f" (stale: {', '.join(stale)})" if stale else "")
-    action, words = gate.after(t, verdict["passed"], max_cycles)
+    action, words = gate.after(t, verdict["passed"], max_cycles, verdict.get("uncalibrated"))
+    if action == "uncalibrated":
+        return action, f"nothing until people back the judge: {words.removeprefix('rate: ')}"
     if action == "passed":
         return action, f"nothing: the gate passed at cycle {t}; (re)deliver the best cycle's GGUF to {contracts.DIST}/"
     return action, f"nothing: {words.removeprefix('stop: ')}" if action == "stopped" else words

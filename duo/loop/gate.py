@@ -12,8 +12,13 @@ from collections import defaultdict
 RESAMPLES = 2000
 
 
-def after(cycle: int, passed: bool, max_cycles: int) -> tuple[str, str]:
-    """What follows a finished cycle: (passed | stopped | next, in words)."""
+def after(cycle: int, passed: bool, max_cycles: int, uncalibrated: str | None = None) -> tuple[str, str]:
+    """What follows a finished cycle: (passed | uncalibrated | stopped | next, in words). `uncalibrated`:
+    why the statistic cleared ε but the judge may not be trusted yet."""
+    if uncalibrated:
+        return "uncalibrated", (f"rate: the judge is uncalibrated ({uncalibrated}); rate test responses in `duo review` "
+                                f"(Ratings tab), then `make cycle` re-evaluates cycle {cycle} (only rated responses "
+                                f"the judge has not scored cost calls)")
     if passed:
         return "passed", f"deliver: the gate passed at cycle {cycle}; the best cycle's GGUF is the deliverable"
     if cycle + 1 >= max_cycles:
@@ -54,6 +59,25 @@ def bounds(groups: dict[str, list[float]], confidence: float, seed: int = 0) -> 
             [round(means[int(tail * RESAMPLES)], 2), round(means[min(RESAMPLES - 1, int((1 - tail) * RESAMPLES))], 2)])
 
 
+def calibration_check(eval_metrics: dict, gate) -> dict | None:
+    """Whether people's ratings back the judge (None: gate.min_ratings is 0, the check is off): at least
+    gate.min_ratings rated responses scored by the panel, and the panel's Spearman ρ with them at least
+    gate.min_agreement."""
+    if not gate.min_ratings:
+        return None
+    panel = ((eval_metrics.get("calibration") or {}).get("panel")) or {}
+    n, rho = panel.get("n", 0), (panel.get("spearman") or {}).get("value")
+    why = None
+    if n < gate.min_ratings:
+        why = f"{n} rated responses < gate.min_ratings {gate.min_ratings}"
+    elif rho is None:
+        why = f"Spearman ρ with the {n} ratings is undefined (give 1-100 scores that differ)"
+    elif rho < gate.min_agreement:
+        why = f"Spearman ρ {rho:+.2f} with {n} ratings < gate.min_agreement {gate.min_agreement:g}"
+    return {"n": n, "spearman": rho, "min_ratings": gate.min_ratings, "min_agreement": gate.min_agreement,
+            "calibrated": why is None, "why": why}
+
+
 def verdict(eval_metrics: dict, gate, cycle: int, judgments: list[dict] = (), standing: dict | None = None) -> dict:
     block = eval_metrics.get(gate.score) or {}
     if gate.statistic == "win_or_tie":
@@ -66,18 +90,21 @@ def verdict(eval_metrics: dict, gate, cycle: int, judgments: list[dict] = (), st
     lower, interval, needed = value, None, None
     if value is not None and gate.confidence and len(groups) >= 2:
         lower, interval = bounds(groups, gate.confidence)
-    passed = lower is not None and lower >= gate.threshold
-    if value is not None and not passed and value >= gate.threshold and value > lower:
+    cleared = lower is not None and lower >= gate.threshold
+    check = calibration_check(eval_metrics, gate)
+    passed = cleared and (check is None or check["calibrated"])
+    blocked = check["why"] if cleared and not passed else None  # cleared ε, but people have not backed the judge
+    if value is not None and not cleared and value >= gate.threshold and value > lower:
         # the interval's half-width shrinks as 1/sqrt(n): rows for the lower bound to reach ε at this value
         needed = math.ceil(len(groups) * ((value - lower) / max(value - gate.threshold, 1e-9)) ** 2)
         needed = max(needed, len(groups) + 1)
-    nxt = after(cycle, passed, gate.max_cycles)[1]
+    nxt = after(cycle, passed, gate.max_cycles, blocked)[1]
     best = standing["best_cycle"] if standing else cycle
     return {"cycle": cycle, "score": gate.score, "statistic": gate.statistic, "value": value,
             "confidence": gate.confidence, "lower": lower, "interval": interval, "prompts": len(groups),
             "threshold": gate.threshold, "passed": passed, "undecided": needed is not None,
             "prompts_needed": needed, "max_cycles": gate.max_cycles, "next": nxt, "best_cycle": best,
-            "validation": standing}
+            "validation": standing, "calibration": check, "uncalibrated": blocked}
 
 
 def sentence(v: dict) -> str:
@@ -87,6 +114,11 @@ def sentence(v: dict) -> str:
     if v.get("interval"):
         stat += f" ({v['confidence']:.0%} lower bound {v['lower']}, interval {v['interval']}, {v['prompts']} prompts)"
     words = f"cycle {v['cycle']}: {stat} vs ε = {v['threshold']:g} -> {state}"
+    check = v.get("calibration")
+    if check and not check["calibrated"]:
+        words += f" (uncalibrated judge: {check['why']})"
+    elif check:
+        words += f" (judge calibrated: Spearman ρ {check['spearman']:+.2f} with {check['n']} ratings)"
     if v.get("undecided"):
         words += (f" (undecided: {v['prompts']} test prompts are too few to decide at confidence "
                   f"{v['confidence']:g}; about {v['prompts_needed']} would be needed at this value)")

@@ -9,6 +9,7 @@ from duo import contracts
 from duo.loop import delivery, experiments, gate
 from duo import params as params_mod
 from duo.data import records
+from duo.evaluation import calibration
 
 
 
@@ -37,7 +38,7 @@ def collect(params_path: str | Path = "params.yaml") -> dict:
     return {
         "cycle": t,
         "gate": {"score": gate.score, "statistic": gate.statistic, "threshold": gate.threshold,
-                 "max_cycles": gate.max_cycles},
+                 "max_cycles": gate.max_cycles, "min_ratings": gate.min_ratings, "min_agreement": gate.min_agreement},
         "verdict": verdict,
         "metrics": {k: v for k, v in metrics.items() if v is not None},
         "stale": stale,
@@ -83,6 +84,8 @@ def _metrics_lines(m: dict) -> list[str]:
             scores = ", ".join(f"{s} V={_pick(ev, s, 'mean')} " + " ".join(
                 f"C@{z}={v}" for z, v in contracts.coverages(ev.get(s) or {}).items()) for s in contracts.SCORES)
         lines.append(f"evaluate    cycle {ev.get('cycle')}: {scores}, ROUGE-L {rouge}, {errors}")
+        if ev.get("mode") != "pairwise":  # people's ratings vs the judge (duo review, Ratings tab)
+            lines += [f"calibration {line}" for line in calibration.describe(ev.get("calibration"))]
     if cost := m.get("cost"):
         usd = "unknown (unpriced model)" if cost.get("cost_usd") is None else f"${cost['cost_usd']}"
         lines.append(f"cost        cycle {cost.get('cycle')}: {cost.get('prompt_tokens', 0) + cost.get('completion_tokens', 0)}"
@@ -93,7 +96,8 @@ def _metrics_lines(m: dict) -> list[str]:
 def render(s: dict) -> str:
     g = s["gate"]
     out = [f"cycle       {s['cycle']} (params.yaml); gate: {g['score']} {g['statistic']} >= {g['threshold']}, "
-           f"at most {g['max_cycles']} cycles"]
+           f"at most {g['max_cycles']} cycles" + (f"; judge checked on >= {g['min_ratings']} ratings, Spearman ρ >= "
+                                                   f"{g['min_agreement']:g}" if g.get("min_ratings") else "")]
     v = s["verdict"]
     if v:
         out.append(f"verdict     {gate.sentence(v)}")

@@ -2,7 +2,8 @@
 
 Writes reports/cycle-<t>.html (self-contained: inline CSS and PNG images, opens offline) and its
 Markdown twin reports/cycle-<t>.md (images as files in reports/cycle-<t>/). Everything comes from
-the files the stages wrote (metrics/*.json, data/judgments.jsonl, data/predictions.jsonl) and, for
+the files the stages wrote (metrics/*.json, data/judgments.jsonl, data/predictions.jsonl), people's
+ratings (data/ratings.jsonl) and, for
 the curves across cycles, from the DVC experiments (`dvc exp show --json`); nothing is recomputed
 from models. Rendering: duo/report/render.py (HTML, Markdown) and duo/report/charts.py; the cost
 model: duo/report/breakeven.py.
@@ -22,6 +23,7 @@ import click
 
 from duo import contracts
 from duo.data import records
+from duo.evaluation import calibration, ratings
 from duo.report import breakeven
 from duo import params as params_mod
 from duo.contracts import SCORES
@@ -131,6 +133,14 @@ def score_values(judgments: list[dict], score: str) -> list[float]:
             and j.get(score) is not None]
 
 
+def calibration_points(rated: dict[str, dict], judgments: list[dict], predictions: list[dict]) -> list[tuple]:
+    """(person's score, judge panel's precision) of each response rated 1-100 that this cycle's
+    judgments scored (the points behind the calibration block's ρ)."""
+    keys = {(p["prompt_id"], p["sample_idx"]): ratings.key(p) for p in predictions}
+    panel = calibration.pooled(calibration.judge_scores(judgments, keys))
+    return sorted((r["score"], round(panel[k], 2)) for k, r in rated.items() if r.get("score") is not None and k in panel)
+
+
 # ---- cost ---------------------------------------------------------------------------------------
 
 def cost_so_far(cycles: list[dict]) -> dict:
@@ -158,6 +168,7 @@ def build(root: Path, params, now: dt.datetime | None = None, exps: list[dict] |
     judgments = _jsonl(root, str(contracts.JUDGMENTS))
     predictions = _jsonl(root, str(contracts.PREDICTIONS))
     rows = samples(judgments, predictions)
+    points = calibration_points(ratings.read(root / contracts.RATINGS), judgments, predictions)
     gate_score = params.gate.score if params.gate.score in SCORES else "precision"
     best, worst = best_and_worst(rows, gate_score, params.report.examples)
     cost = cost_so_far(cycles)
@@ -172,7 +183,7 @@ def build(root: Path, params, now: dt.datetime | None = None, exps: list[dict] |
         **{k: current.get(k) for k in METRICS},
         "cycles": cycles, "cycles_note": exps_note,
         "scores": {s: score_values(judgments, s) for s in SCORES},
-        "gate_score": gate_score, "best": best, "worst": worst, "samples": len(rows),
+        "gate_score": gate_score, "best": best, "worst": worst, "samples": len(rows), "calibration_points": points,
         "cost_so_far": cost, "breakeven": be, "breakeven_sentence": breakeven.sentence(be),
     }
 
@@ -192,7 +203,7 @@ def write(data: dict, out_dir: Path) -> tuple[Path, Path]:
     return html_path, md_path
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})  # also when run on its own
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(path_type=Path))
 def main(params_path: str, out_dir: Path) -> None:

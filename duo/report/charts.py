@@ -61,6 +61,21 @@ def charts(data: dict) -> dict[str, bytes]:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set_ylabel("samples")
         out["score_histograms"] = _png(fig)
+    points = data.get("calibration_points") or []
+    if points:  # each rated response: the person's score against the judge panel's
+        fig, ax = plt.subplots(figsize=(5.2, 4.4))
+        ax.scatter([p[1] for p in points], [p[0] for p in points], alpha=0.7, color="#4c72b0")
+        ax.plot([1, 100], [1, 100], color="grey", linestyle=":", label="same score")
+        for z in data["zetas"]:
+            ax.axvline(z, color="crimson", linestyle="--", alpha=0.5)
+            ax.axhline(z, color="crimson", linestyle="--", alpha=0.5)
+        ax.set_xlim(0, 101)
+        ax.set_ylim(0, 101)
+        ax.set_xlabel("judge panel's precision (mean of its samples)")
+        ax.set_ylabel("person's score")
+        ax.set_title(f"{len(points)} rated responses; dashed: ζ = {', '.join(map(str, data['zetas']))}")
+        ax.legend(fontsize=8, loc="lower right")
+        out["calibration"] = _png(fig)
     curve = (data.get("train") or {}).get("loss_curve") or []
     if curve:
         fig, ax = plt.subplots(figsize=(7, 3.4))

@@ -8,6 +8,7 @@ import html as html_mod
 import json
 
 from duo.loop import gate
+from duo.report.calibration_panel import calibration_table
 
 SCORES = ("similarity", "precision")
 GLOSSARY = [
@@ -19,6 +20,9 @@ GLOSSARY = [
     ("P-Match", "the local model's V divided by the service model's own V on the same prompts (1.0 = as good)."),
     ("ε", "the gate threshold: when the gated statistic reaches it, the GGUF is delivered; "
           "otherwise the next cycle synthesizes more data and retrains."),
+    ("Spearman ρ", "how alike the judge and people order responses by precision: 1 = the same order, 0 = unrelated."),
+    ("κ@ζ", "Cohen's kappa: agreement of the judge and people on pass (>= ζ) / fail beyond chance; "
+            "1 = always agree, 0 = as chance would, < 0 = worse."),
 ]
 
 
@@ -249,6 +253,17 @@ def _examples(title: str, rows: list[dict]) -> str:
     return "".join(parts)
 
 
+def _calibration_html(data: dict, images: dict) -> list[str]:
+    if (data.get("eval") or {}).get("mode") == "pairwise":
+        return []
+    head, rows, words = calibration_table(data)
+    check = (data.get("verdict") or {}).get("calibration")
+    klass = "none" if not check else "pass" if check["calibrated"] else "fail"
+    return ['<h2 id="calibration">Judge vs people</h2>', f'<div class="verdict {klass}">{_esc(words)}</div>',
+            _table(head, rows) if rows else "",
+            _img(images, "calibration", "people's scores against the judge's") if rows else ""]
+
+
 def html(data: dict, images: dict[str, bytes]) -> str:
     text, passed = verdict_text(data.get("verdict"))
     klass = {True: "pass", False: "fail", None: "none"}[passed]
@@ -293,6 +308,7 @@ def html(data: dict, images: dict[str, bytes]) -> str:
             _img(images, "score_histograms", "similarity and precision histograms"),
             "<h2>Judge</h2><table>" + "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>"
                                               for k, v in judge_rows(data)) + "</table>",
+            *_calibration_html(data, images),
             "<h2>Training</h2>", _img(images, "loss", "training loss curve"),
             "<table>" + "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in train_rows(data))
             + "</table>",
@@ -364,6 +380,11 @@ def markdown(data: dict, image_paths: dict[str, str]) -> str:
                       ("loss", "training loss")):
         if name in image_paths:
             md += [f"![{alt}]({image_paths[name]})", ""]
+    if (data.get("eval") or {}).get("mode") != "pairwise":
+        head, rows, words = calibration_table(data)
+        md += ["## Judge vs people", "", _md_cell(words), ""] + ([_md_table(head, rows), ""] if rows else [])
+        if "calibration" in image_paths:
+            md += [f"![people's scores against the judge's]({image_paths['calibration']})", ""]
     md += ["## Judge", "", _md_table(["", ""], [list(r) for r in judge_rows(data)]), "",
            "## Training", "", _md_table(["", ""], [list(r) for r in train_rows(data)]), ""]
     if synth_rows(data):

@@ -1,10 +1,11 @@
 """`duo review`: a local web page over the recorded and imported exchanges: filter by task or text,
-accept or reject, edit a response, set the task; accepted exchanges become coverage rows.
+accept or reject, edit a response, set the task; accepted exchanges become coverage rows. A second tab,
+Ratings (duo/app/review/ratings.py), is where a person rates judged test responses (data/ratings.jsonl).
 
 The page is a shell (page.html) with one tab per panel; a panel is a Python object (its state and
 `actions()`, each answering POST /api/<panel>/<action> with JSON) plus a script (<panel>.js) that
-registers how it draws itself. Exchanges (duo/app/review/exchanges.py) is the first; a second panel (e.g.
-people's ratings of judged test responses) adds its module and script and one entry in `panels()`.
+registers how it draws itself. Exchanges (duo/app/review/exchanges.py) is the first, Ratings the second; a
+further panel adds its module and script and one entry in `panels()`.
 
 The server listens on 127.0.0.1 only, on a random port unless --port is given, and answers only requests
 carrying the random token printed in its URL (so another local user or a web page open in the same
@@ -32,13 +33,13 @@ DECISIONS = Path("data/review.json")
 
 def panels(coverage: Path, traffic_dir: Path, sources: list[Path], task: str | None) -> list:
     """The page's panels, in tab order."""
-    from duo.app.review import exchanges
+    from duo.app.review import exchanges, ratings
 
     items = exchanges.from_traffic(traffic_dir) + [i for src in sources for i in exchanges.from_file(src, task)]
     if task:
         for item in items:
             item.task = item.task or task
-    return [exchanges.Exchanges(items, coverage, DECISIONS)]
+    return [exchanges.Exchanges(items, coverage, DECISIONS), ratings.from_project()]
 
 
 class Server(ThreadingHTTPServer):
@@ -118,7 +119,8 @@ class Handler(BaseHTTPRequestHandler):
               help="duo record's exchanges.")
 def main(sources: tuple[Path, ...], task: str | None, port: int, coverage: Path, traffic_dir: Path) -> None:
     """Review the recorded (data/traffic/) and imported (SOURCE: any file `duo import` reads) exchanges
-    on a local page: accept, reject, edit, set the task. Accepted ones become coverage rows.
+    on a local page: accept, reject, edit, set the task. Accepted ones become coverage rows. The Ratings
+    tab: rate judged test responses (data/ratings.jsonl) to check the judge against people.
 
     Prints the page's URL (127.0.0.1, with a random token); Ctrl-C stops."""
     server = Server(panels(coverage, traffic_dir, list(sources), task), port)
@@ -126,6 +128,9 @@ def main(sources: tuple[Path, ...], task: str | None, port: int, coverage: Path,
     click.echo(f"review: {server.url}")
     click.echo(f"review: {sum(counts.values())} exchanges ({counts['accepted']} accepted, {counts['rejected']} "
                f"rejected); accepted ones -> {coverage} (Ctrl-C stops)")
+    from duo.app.review import ratings
+
+    click.echo(ratings.count_line(server.panels["ratings"]))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
