@@ -107,8 +107,9 @@ def _mask_dropout_class():
             # sign bit), so its threshold is halved: every lane drops with probability even / 65536
             self.drop = 2 * round(p * 32768)
             self.scale = 1.0 / (1.0 - self.drop / 65536)
-            self.register_buffer("threshold", torch.tensor([self.drop - 32768] * 3 + [self.drop // 2],
-                                                           dtype=torch.int16), persistent=False)
+            # a plain tensor, not a buffer: DDP broadcasts every buffer when it wraps the model, and gloo
+            # cannot carry int16 ("Invalid scalar type" on every rank with finetune.processes > 1)
+            self.threshold = torch.tensor([self.drop - 32768] * 3 + [self.drop // 2], dtype=torch.int16)
 
         def keep_mask(self, x):
             n = x.numel()
