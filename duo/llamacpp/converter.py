@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools" / "llama.cpp"
+TOOLS = Path(__file__).resolve().parents[2] / "tools" / "llama.cpp"
 # The vendors' real vocabularies (tokenizer-only GGUFs, with llama.cpp's tokenizer test texts .inp and the
 # vendors' own token ids .out) that the family tests build their students on.
 VOCABS = ("llama-bpe", "qwen2", "phi-3", "llama-spm", "gemma-4")
