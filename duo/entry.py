@@ -20,7 +20,7 @@ _DISK_FULL_TEXT = ("No space left on device", "File too large", "Disk quota exce
 
 # The libraries' own progress bars (datasets' map, transformers' weight loading) go to a log or CI as a
 # line per update: only on a terminal, as duo's own (duo/progress.py).
-QUIET = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+QUIET = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 
 
 def environment() -> None:
@@ -31,6 +31,19 @@ def environment() -> None:
     if not progress.enabled():
         for key, value in QUIET.items():
             os.environ.setdefault(key, value)
+    _quiet_library_noise()
+
+
+def _quiet_library_noise() -> None:
+    """Two lines every training log carried that no duo call causes and no user can act on."""
+    import logging
+    import warnings
+
+    # PEFT reads `model.is_gradient_checkpointing` when it wraps a model; transformers deprecated the name
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # bitsandbytes, imported by PEFT, tries to fetch a CPU kernel from a model hub on bf16 CPUs and says it
+    # could not: duo never downloads at run time, and its 4-bit path is for GPUs
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _disk_full_hook(kind, exc, tb, _default=sys.excepthook):

@@ -332,6 +332,16 @@ def build(cls, data: Any, where: str, source: str):
     return obj
 
 
+def assign(raw: dict, assignment: str) -> None:
+    """`finetune.lora.r=8` into a raw params mapping (the value read as YAML), as `dvc exp run -S` does."""
+    key, _, value = assignment.partition("=")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from duo import params as params_mod
 from tests import devdata
 
 WORK = devdata.ROOT / ".bench" / "loop"
@@ -36,15 +37,6 @@ PARAMS = {
     "judge": {"m": 1},
     "gate": {"threshold": 101, "max_cycles": CYCLES},  # never passes: every cycle runs
 }
-
-
-def _set(raw: dict, assignment: str) -> None:
-    key, _, value = assignment.partition("=")
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(value)
 
 
 def _cycle_figures(project: Path, train_rows: list[dict]) -> tuple[dict, dict]:
@@ -77,7 +69,7 @@ def run_loop(sets: list[str], name: str) -> dict:
         if sets:
             raw = yaml.safe_load((project / "params.yaml").read_text())
             for assignment in sets:
-                _set(raw, assignment)
+                params_mod.assign(raw, assignment)
             (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             subprocess.run(["git", "commit", "-qam", f"variant {name}"], cwd=project, check=True,
                            env={**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",

@@ -23,15 +23,6 @@ from duo.evaluation import reference
 from duo.train import finetune
 
 
-def _apply(raw: dict, assignment: str) -> None:
-    key, _, value = assignment.partition("=")
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(value)
-
-
 def validation_nll(adapter: Path, rows: list[dict]) -> float:
     """Mean negative log-likelihood per response token of `rows` under base + `adapter` (fp32, one row at a
     time). The same number whoever trained the adapter: the Trainer's eval loss averages per-batch means,
@@ -101,7 +92,7 @@ def main(sets: tuple[str, ...], out: str, max_tokens: int) -> None:
     """Train and score one finetune setting on the validation split (judge-free)."""
     raw = yaml.safe_load(Path("params.yaml").read_text())
     for assignment in sets:
-        _apply(raw, assignment)
+        params_mod.assign(raw, assignment)
     params = params_mod.checked(params_mod.build(params_mod.Params, raw, "", "params.yaml + --set"), "--set")
     result = {"set": list(sets), **measure(params, max_tokens)}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
