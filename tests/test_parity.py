@@ -21,20 +21,20 @@ def tiny_base(tmp_path_factory):
     return tiny_model.build(tmp_path_factory.mktemp("tiny") / "base")
 
 
-def _duo(base, out, monkeypatch, tmp_path, precision):
+def _duo(base, out, monkeypatch, tmp_path, precision, dropout=0.0):
     from duo import params as params_mod
     from duo.train import finetune
 
     monkeypatch.chdir(tmp_path)  # checkpoints go under .duo/ of the working directory
     raw = {"finetune": RECIPE | {"max_steps": -1, "micro_batch_size": 4, "group_by_length": False, "threads": 1,
                                  "save_steps": 0, "early_stopping_patience": 0, "precision": precision,
-                                 "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}}}
+                                 "lora": {"r": 4, "alpha": 8, "dropout": dropout, "target_modules": "all-linear"}}}
     p = params_mod.build(params_mod.Params, raw, "", "test").finetune
     metrics = finetune.train(ROWS, p, base, out, val=VAL)
     return [c["loss"] for c in metrics["loss_curve"]], metrics["validation_curve"][-1]["loss"]
 
 
-def _plain(base, tmp_path, precision):
+def _plain(base, tmp_path, precision, dropout=0.0):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -49,7 +49,7 @@ def _plain(base, tmp_path, precision):
                        warmup_steps=0.03, completion_only_loss=True, max_length=RECIPE["max_length"], bf16=precision == "bf16",
                        use_cpu=True, eval_strategy="epoch", save_strategy="no", report_to="none", seed=42,
                        logging_steps=1, disable_tqdm=True)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), args=config,
                          processing_class=AutoTokenizer.from_pretrained(base), peft_config=lora,
                          train_dataset=Dataset.from_list(finetune.to_conversations(ROWS)),
@@ -78,3 +78,18 @@ def test_duo_trains_like_the_plain_trl_script(tiny_base, tmp_path, monkeypatch, 
         from duo.train import measure
 
         assert measure.validation_nll(tmp_path / "adapter", VAL) == pytest.approx(duo_val, rel=2e-3)
+
+
+def test_with_dropout_the_lever_changes_the_draw_not_the_training(tiny_base, tmp_path, monkeypatch):
+    """With LoRA dropout on, duo draws its masks 16 bits per element (duo/train/levers.py) where torch
+    draws 32: the same drop rate (tests/test_train_levers.py), other masks. Step 1 is equal (LoRA's B
+    starts at zero, so no mask matters yet); after it the curves part, as two seeds' would (here by
+    ~4e-4 of the loss by step 4), and the validation loss ends within 1%: the lever changes which units
+    drop, not how the adapter trains."""
+    duo_losses, duo_val = _duo(tiny_base, tmp_path / "adapter", monkeypatch, tmp_path, "fp32", dropout=0.1)
+    plain_losses, plain_val = _plain(tiny_base, tmp_path, "fp32", dropout=0.1)
+    assert duo_losses[-1] < duo_losses[0] - 0.05 and plain_losses[-1] < plain_losses[0] - 0.05
+    assert duo_losses[0] == plain_losses[0]
+    assert duo_losses != plain_losses, "other masks: the curves part after step 1"
+    assert duo_losses == pytest.approx(plain_losses, rel=1e-2)
+    assert duo_val == pytest.approx(plain_val, rel=1e-2)
