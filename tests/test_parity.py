@@ -8,6 +8,8 @@ import pytest
 
 from tests import tiny_model
 
+pytestmark = pytest.mark.integration  # real training, llama.cpp, DVC or servers: make test-all
+
 ROWS = [{"id": f"r{i}", "task": "qa" if i % 2 else "sum",
          "prompt": f"What is {i} plus {i}?" if i % 2 else f"Shorten: the number {i} is followed by {i + 1}.",
          "response": f"{2 * i}." if i % 2 else f"{i} then {i + 1}" + " and so on" * (i % 3)}

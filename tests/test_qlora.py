@@ -15,6 +15,7 @@ ROWS = [{"id": f"r{i}", "task": "qa", "prompt": f"What is {i} plus {i}?", "respo
         for i in range(8)]
 
 
+@pytest.mark.integration  # real training
 def test_qlora_trains_on_4bit_weights_and_the_merge_is_measured(tmp_path, monkeypatch):
     pytest.importorskip("bitsandbytes")
     from duo import export
