@@ -130,7 +130,7 @@ def evenly(points: list, n: int = LOSS_CURVE_POINTS) -> list:
 def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, zetas: list[int]) -> dict:
     """A cycle's headline in flat, short keys: gate value and its lower bound, the validation task score,
     V and C@ζ per score (ζ from judge.zetas, C as a share), ROUGE-L, exact match, service cost, training
-    seconds, and how many people's ratings the judge was checked on with its Spearman ρ."""
+    seconds, and (once people rated) how many ratings the judge was checked on, with its Spearman ρ."""
     out = {"cycle": verdict["cycle"], "gate": verdict["value"], "gate_low": verdict.get("lower"),
            "passed": verdict["passed"], "val": (verdict.get("validation") or {}).get("task_score")}
     for score, short in SCORE_ABBREV.items():
@@ -143,6 +143,7 @@ def summary(eval_metrics: dict, train: dict | None, cost: dict, verdict: dict, z
     ref = eval_metrics.get("reference") or {}
     panel = (eval_metrics.get("calibration") or {}).get("panel") or {}
     out |= {"rougeL": ref.get("rougeL"), "em": ref.get("exact_match"), "cost_usd": cost.get("cost_usd"),
-            "train_s": (train or {}).get("train_seconds"), "rated": panel.get("n"),
-            "judge_rho": (panel.get("spearman") or {}).get("value")}
+            "train_s": (train or {}).get("train_seconds")}
+    if panel.get("n"):  # only where people rated: the row stays short for everyone else
+        out |= {"rated": panel["n"], "judge_rho": (panel.get("spearman") or {}).get("value")}
     return out
