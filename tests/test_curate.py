@@ -223,3 +223,17 @@ def test_derived_bounds_per_task_and_overrides():
     assert limits["classification"].min_response == 1 and limits["classification"].min_passage == 0
     assert limits["summarization"].min_response >= 2 and limits["summarization"].max_response == 5
     assert limits["classification"].max_instruction == 64  # 3x the longest (12 words), at least 64
+
+
+def test_answers_made_of_symbols_pass_the_derived_bounds():
+    """A task answered in symbols (star ratings) has answers of 0 words in the normal form: the bound
+    derived from its train rows admits the teacher's answers in the same form (a floor of 1 word dropped
+    78 of 117 on the development data's ratings), and a blank answer is still `empty`."""
+    train = [row(f"t{i}", f"Rate this review: the soup was {w}.", "★" * (1 + i % 5), "classification")
+             for i, w in enumerate(["cold", "fine", "good", "great", "perfect", "bland"])]
+    limits = filters.derive(train, Curate())
+    assert limits["classification"].min_response == 0
+    new = [row("stars", "Rate this review: the bread was stale.", "★★", "classification"),
+           row("blank", "Rate this review: the tea was hot.", "  ", "classification")]
+    kept, removed, _ = curate.curate(new, train, [], Curate(), thresholds=limits)
+    assert [r["id"] for r in kept] == ["stars"] and [r["reason"] for r in removed] == ["empty"]

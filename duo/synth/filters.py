@@ -50,9 +50,12 @@ class Thresholds:
 
 
 def _low(counts: list[int]) -> int:
+    # At least 1 word, unless the user's own rows hold answers of 0 words: answers made only of symbols
+    # (star ratings "★★★") have no words in the normal form, and a floor of 1 dropped every such answer
+    # the teacher wrote; the `empty` rule still catches blank ones.
     ranked = sorted(counts)
     p5 = ranked[max(0, math.ceil(0.05 * len(ranked)) - 1)]  # nearest-rank 5th percentile
-    return max(1, p5 // 2)
+    return max(min(1, ranked[0]), p5 // 2)
 
 
 def derive(train: list[dict], cfg) -> dict[str, Thresholds]:
