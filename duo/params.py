@@ -138,7 +138,7 @@ class Finetune:
     save_steps: int = num(10, 0)
     validation_ratio: float = num(0.1, 0.0, 0.9)
     validation_min_rows: int = num(20, 0)
-    early_stopping_patience: int = num(1, 0)
+    early_stopping_patience: int = num(0, 0)
     init: Literal["base", "previous"] = "base"
     processes: int = num(1, 1, 1024)
     accelerate_config: Optional[str] = None
