@@ -3,6 +3,7 @@ in a real headless browser (Debian's chromium over WebDriver): accept three exch
 one, reload, and data/coverage.jsonl holds exactly the three; a screenshot of the page is saved."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -118,6 +119,25 @@ def start(project) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[1]
 
 
+@contextlib.contextmanager
+def in_browser(project):
+    """`duo review` on the project and a headless browser; both stopped after."""
+    proc, url = start(project)
+    browser = webdriver.Browser()
+    try:
+        yield browser, url
+    finally:
+        browser.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def screenshot(browser, path: Path, what: str) -> None:
+    shot = browser.screenshot(path)
+    print(f"\nscreenshot of {what}: {shot}")
+    assert shot.stat().st_size > 10_000
+
+
 @pytest.mark.integration
 def test_the_page_needs_its_token(project):
     proc, url = start(project)
@@ -141,9 +161,7 @@ def test_the_page_needs_its_token(project):
 @pytest.mark.integration
 @pytest.mark.skipif(webdriver.available() is not None, reason=str(webdriver.available()))
 def test_accept_three_edit_one_reload_in_a_real_browser(project, tmp_path_factory):
-    proc, url = start(project)
-    browser = webdriver.Browser()
-    try:
+    with in_browser(project) as (browser, url):
         browser.get(url)
         cards = browser.wait(".card", 5)
         keys = [browser.js("return arguments[0].dataset.key", c) for c in cards]
@@ -192,13 +210,7 @@ def test_accept_three_edit_one_reload_in_a_real_browser(project, tmp_path_factor
         assert status == dict(zip(keys, ["accepted", "accepted", "accepted", "rejected", "pending"]))
         edited = browser.js("return document.querySelector(`.card[data-key='${arguments[0]}'] textarea`).value", keys[1])
         assert edited == "outage (router)"
-        shot = browser.screenshot(tmp_path_factory.mktemp("review") / "review.png")
-        print(f"\nscreenshot of the review page: {shot}")
-        assert shot.stat().st_size > 10_000
-    finally:
-        browser.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+        screenshot(browser, tmp_path_factory.mktemp("review") / "review.png", "the review page")
 
     rows = chat.read_coverage(project / "data" / "coverage.jsonl")  # what prepare accepts
     by_key = {ex["id"]: ex for ex in TRAFFIC}
@@ -272,10 +284,8 @@ def test_ratings_panel_rates_hides_the_judge_until_rated_and_keeps_ratings(judge
 @pytest.mark.integration
 @pytest.mark.skipif(webdriver.available() is not None, reason=str(webdriver.available()))
 def test_rate_in_a_real_browser(judged, project):
-    proc, url = start(project)
-    browser = webdriver.Browser()
     people = {"q0": 95, "q1": 10, "q2": 25, "q3": 30}  # q4 gets a verdict: pass @70
-    try:
+    with in_browser(project) as (browser, url):
         browser.get(url + "#ratings")
         cards = browser.wait(".rcard", 5)
         assert browser.js("return document.querySelectorAll('.judge-score').length") == 0, "judge hidden before rating"
@@ -310,13 +320,7 @@ def test_rate_in_a_real_browser(judged, project):
                    "e.dispatchEvent(new Event('change'))")
         browser.wait(".rcard", 5)
         folder = Path(os.environ.get("DUO_SCREENSHOTS") or project)  # where a person looks at it
-        shot = browser.screenshot(folder / "ratings_view.png")
-        print(f"\nscreenshot of the ratings view: {shot}")
-        assert shot.stat().st_size > 10_000
-    finally:
-        browser.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+        screenshot(browser, folder / "ratings_view.png", "the ratings view")
     from duo.evaluation import ratings
 
     saved = {r["prompt_id"]: r for r in ratings.read(project / "data" / "ratings.jsonl").values()}
