@@ -4,6 +4,11 @@ per-prompt Hugging Face `generate` (base + adapter merged, fp32, one sample at a
 test prompts, same K, max_tokens, temperature and top_p. Tokens are generated tokens, each side counting
 its own (sampled lengths differ); prompt processing counts in both.
 
+`infer.engines`: the same samples through llama-server's slots (`infer.parallel` slots, every sample a
+request with its own seed, `infer.parallel` requests in flight: how the local teacher, judge and
+`duo serve` decode) against the infer stage's one batched context (duo/inference/batch.py, where the K
+samples of a prompt share its KV cells): which of the two engines infer should keep.
+
 Run: python -m tests.bench infer
 """
 from __future__ import annotations
@@ -37,6 +42,11 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     prompts = [rows[i] for i in range(len(test)) for rows in by_task.values() if i < len(rows)][:n_prompts]
     if kind in ("duo-sequential", "hf"):  # one sequence at a time: the batching lever off / naive generate
         p.parallel = 1
+    if kind == "server":
+        seconds, tokens, n = _through_server(prompts, p)
+        print(json.dumps({"seconds": seconds, "tokens": tokens, "responses": n, "threads": local_llm.threads_for(p.threads),
+                          "peak_rss_mb": None}))
+        return
     if kind.startswith("duo"):
         backend = infer.LlamaCppBackend(infer.contracts.GGUF, p)
     else:
@@ -47,6 +57,32 @@ def _child(kind: str, clone: str, n_prompts: int) -> None:
     print(json.dumps({"seconds": seconds, "tokens": metrics["completion_tokens"], "responses": len(rows),
                       "threads": __import__("torch").get_num_threads() if kind == "hf" else local_llm.threads_for(p.threads),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def _through_server(prompts: list[dict], p) -> tuple[float, int, int]:
+    """Every sample as one chat request to llama-server (`p.parallel` slots, as many in flight)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from duo import contracts
+    from duo.data import chat
+    from duo.llamacpp import llama_server
+
+    def ask(base: str, row: dict, j: int) -> int:
+        body = {"messages": chat.messages(row), "max_tokens": p.max_tokens, "temperature": p.temperature,
+                "top_p": p.top_p, "seed": contracts.derived_seed(p.seed, row["id"], j)}
+        req = urllib.request.Request(f"{base}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return json.loads(resp.read())["usage"]["completion_tokens"]
+
+    with llama_server.serve(contracts.GGUF, n_ctx=p.n_ctx, parallel=p.parallel, threads=p.threads,
+                            log_name="bench-infer") as base:
+        jobs = [(row, j) for row in prompts for j in range(p.k)]  # a prompt's samples back to back, as infer orders them
+        start = time.monotonic()
+        with ThreadPoolExecutor(p.parallel) as pool:
+            tokens = sum(pool.map(lambda job: ask(base, *job), jobs))
+        return time.monotonic() - start, tokens, len(jobs)
 
 
 def _run(kind: str, clone: Path, n_prompts: int) -> dict:
@@ -62,6 +98,8 @@ def bench_infer(clone: Path, n_prompts: int = 4, cycle_infer: dict | None = None
     duo = _run("duo", clone, n_prompts)
     seq = _run("duo-sequential", clone, n_prompts)
     hf = _run("hf", clone, n_prompts)
+    server = _run("server", clone, n_prompts)
+    server_tps = server["tokens"] / server["seconds"]
     duo_tps, hf_tps = duo["tokens"] / duo["seconds"], hf["tokens"] / hf["seconds"]
     seq_tps = seq["tokens"] / seq["seconds"]
     figures = {
@@ -73,6 +111,9 @@ def bench_infer(clone: Path, n_prompts: int = 4, cycle_infer: dict | None = None
         "infer.hf_tokens_per_s": round(hf_tps, 1), "infer.hf_tokens": hf["tokens"],
         "infer.speedup_vs_hf": round(duo_tps / hf_tps, 2),
         "memory.peak_rss_mb.infer_hf": hf["peak_rss_mb"],
+        "infer.engines": {"batched_context_tokens_per_s": round(duo_tps, 1),
+                          "server_slots_tokens_per_s": round(server_tps, 1), "server_tokens": server["tokens"],
+                          "batched_over_server": round(duo_tps / server_tps, 2)},
     }
     if cycle_infer and cycle_infer.get("tokens_per_s"):
         figures["infer.tokens_per_s"] = cycle_infer["tokens_per_s"]
