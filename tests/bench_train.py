@@ -59,7 +59,7 @@ def matmul_peak(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
 
 def row_flops(config, lora_params: int, l: int, c: int, adapted: int | None = None, epochs: float = 1.0) -> float:
     """FLOPs per epoch of one row. With LoRA on the top `adapted` layers only, the frozen layers below run
-    forward once per row over the whole run (duo caches their output, duo/frozen_layers.py: their cost
+    forward once per row over the whole run (duo caches their output, duo/train/frozen_layers.py: their cost
     is spread over `epochs`) and nothing goes backward through them."""
     d, layers = config.hidden_size, config.num_hidden_layers
     top = layers if adapted is None else min(adapted, layers)

@@ -1,4 +1,4 @@
-"""Every internal of another library duo relies on (duo/compat.py) is still there and behaves as relied
+"""Every internal of another library duo relies on (duo/compat/) is still there and behaves as relied
 on with the pinned versions: an upgrade that moves one fails here, by name, not quietly in a stage."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""Continuous batching for infer (duo/llama_batch.py) on the bundled 135M GGUF, real llama.cpp."""
+"""Continuous batching for infer (duo/inference/batch.py) on the bundled 135M GGUF, real llama.cpp."""
 from __future__ import annotations
 
 import pytest
