@@ -29,7 +29,8 @@ def main(params_path: str) -> None:
     rows, n_synth = finetune.load_rows(c.TRAIN, params.cycle)  # train rows, then the synthetic ones
     val = c.read_rows(c.VAL, allow_empty=True) if c.VAL.exists() else []
     test = c.read_rows(c.TEST, allow_empty=True) if c.TEST.exists() else []
-    synth, contaminated = curate.decontaminate(rows[len(rows) - n_synth:], test + val, params.curate.decontam_ngram)
+    synth, contaminated = curate.decontaminate(rows[len(rows) - n_synth:], test + val, params.curate.decontam_ngram,
+                                               train=rows[:len(rows) - n_synth])
     rows, n_synth = rows[:len(rows) - n_synth] + synth, len(synth)
     if not c.BASE.joinpath("config.json").exists():
         raise click.ClickException(f"{c.BASE} holds no model: run the base stage first (dvc repro base)")

@@ -11,6 +11,10 @@ runs with k = 1, temperature 0), the mean over tasks, training seconds and rows;
 
 DUO_LOOP_SET="finetune.init=previous synth.focus=failures" runs a variant (recorded under
 loop.variants.<name>, DUO_LOOP_NAME or the settings); the main keys describe the shipped defaults.
+DUO_LOOP_CYCLES=2 is the short form (~40 min less on 2 cores): cycle 0, then one cycle that adds at once
+the 192 synthetic rows the three-cycle run holds at its last cycle. With `finetune.init: base` and
+`synth.focus: uniform` (the defaults) each cycle trains from the base on all rows so far, so its last
+cycle sees the same data; with init=previous or focus=failures the middle cycle matters: run all three.
 Run: python -m tests.bench loop
 """
 from __future__ import annotations
@@ -28,10 +32,12 @@ from duo import params as params_mod
 from tests import devdata
 
 WORK = devdata.ROOT / ".bench" / "loop"
-CYCLES = 3
+CYCLES = int(os.environ.get("DUO_LOOP_CYCLES") or 3)
 # the bench's own settings over the shipped params: what makes it a loop measurement, nothing tuned
+SYNTH = ({"per_cycle": 64, "schedule": "doubling"} if CYCLES == 3 else
+         {"per_cycle": 192 // max(CYCLES - 1, 1), "schedule": "fixed"})  # the same 192 rows by the last cycle
 PARAMS = {
-    "synth": {"per_cycle": 64, "schedule": "doubling", "max_requests": 400, "pairs_per_request": 3},
+    "synth": {**SYNTH, "max_requests": 400, "pairs_per_request": 3},
     "service": {"model": "openai/capable", "concurrency": 8},
     "infer": {"k": 1, "temperature": 0.0},
     "judge": {"m": 1},
@@ -92,6 +98,7 @@ def run_loop(sets: list[str], name: str) -> dict:
             fig, scores = _cycle_figures(project, train_rows)
             figures.append({"cycle": t, "wall_seconds": round(time.monotonic() - start, 1), **fig})
             per_prompt.append(scores)
+            records.write_json(WORK / f"{name}-cycle{t}-scores.json", scores)  # for intervals across runs
             print(f"loop {name}: cycle {t}: task score {fig['task_score']} {fig['by_task']}", flush=True)
     finally:
         server.stdin.close()
@@ -131,8 +138,10 @@ def bench_loop() -> dict:
     name = os.environ.get("DUO_LOOP_NAME") or ("defaults" if not sets else "_".join(
         s.replace("=", "-").split(".")[-1] for s in sets))
     got = run_loop(sets, name)
+    from duo.data import records
+
+    records.write_json(WORK / f"{name}.json", got)  # kept should the plain recipe's run not finish
     if sets:
-        from duo.data import records
         from tests.bench import OUT
 
         variants = (records.read_json(OUT, default={}) or {}).get("loop.variants") or {}
@@ -141,7 +150,7 @@ def bench_loop() -> dict:
     return {"loop.score_by_cycle": got["score_by_cycle"], "loop.lift": got["lift"], "loop.lift_ci": got["lift_ci"],
             "loop.plain_trl_score": plain["task_score"], "loop.plain_trl": plain,
             "loop.cycle0_minus_plain": round(got["score_by_cycle"][0]["task_score"] - plain["task_score"], 2),
-            "loop.test_prompts": got["test_prompts"], "loop.params": PARAMS | {"service": {"model": "openai/capable"}},
+            "loop.test_prompts": got["test_prompts"], "loop.cycles": CYCLES, "loop.params": PARAMS | {"service": {"model": "openai/capable"}},
             "loop.seconds": got["seconds"]}
 
 

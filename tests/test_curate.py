@@ -237,3 +237,31 @@ def test_answers_made_of_symbols_pass_the_derived_bounds():
            row("blank", "Rate this review: the tea was hot.", "  ", "classification")]
     kept, removed, _ = curate.curate(new, train, [], Curate(), thresholds=limits)
     assert [r["id"] for r in kept] == ["stars"] and [r["reason"] for r in removed] == ["empty"]
+
+
+def test_a_templates_fixed_text_is_not_test_overlap_but_what_test_rows_say_is():
+    """A task written from one template shares its fixed text with every row, test rows included: an n-gram
+    that train holds too is not a leak (the development data's star ratings lost 96 of 156 candidates to
+    it); an n-gram only a test row holds still removes the pair, in curation and in a re-split."""
+    template = "Given this review: {} Would you recommend this app to a friend? Not at all, No, Maybe, Yes, or Definitely?"
+    train = [row(f"tr{i}", template.format(text), ans, "classification") for i, (text, ans) in enumerate(
+        [("Works fine on my old phone every single day, the widgets load fast and the battery barely notices it "
+          "even with sync switched on all afternoon", "Yes"),
+         ("Crashes all the time since the last update whenever I open a shared folder from the email link, support "
+          "never answered my three messages about it", "No")])]
+    test = [row("te0", template.format("The dark theme saved my eyes during late night reading sessions in bed"),
+                "Definitely", "classification")]
+    fresh = row("new", template.format("Syncs my notes between the tablet and laptop quickly, though the search box "
+                                       "misses words with accents and the export to PDF loses all of my pictures"),
+                "Maybe", "classification")
+    leak = row("leak", template.format("The dark theme saved my eyes during late night reading sessions in bed too"),
+               "Definitely", "classification")
+    kept, removed, report = curate.curate([fresh, leak], train, test, Curate(**FIXED))
+    assert [r["id"] for r in kept] == ["new"]
+    assert [(r["id"], r["reason"]) for r in removed] == [("leak", "test_ngram_overlap")]
+    assert report["test_ngrams_shared_with_train"] > 0
+    # without train rows the template's own words make every pair a "leak": what went wrong before
+    _, removed, _ = curate.curate([fresh], [], test, Curate(**FIXED))
+    assert [r["reason"] for r in removed] == ["test_ngram_overlap"]
+    kept, removed = curate.decontaminate([fresh, leak], test, 13, train=train)
+    assert [r["id"] for r in kept] == ["new"] and removed == {"test_ngram_overlap": 1}

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from duo import models
+from duo.compat import llama as compat_llama
 from duo.llamacpp import converter
 from duo.data import records
 
@@ -158,10 +159,12 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quant_types()[quant]
     params.nthread = threads or (os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with compat_llama.llama_log_captured() as log:  # one line per tensor otherwise
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
+        tail = "".join(log)[-1500:].strip()
         raise click.ClickException(
-            f"llama.cpp failed to quantize {src} to {quant} (code {rc}; its log is above). Some types need "
+            f"llama.cpp failed to quantize {src} to {quant} (code {rc}):\n{tail}\nSome types need "
             f"tensor rows divisible by their block size (this model's may not be): try q8_0, q4_k_m or q4_0")
 
 

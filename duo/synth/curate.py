@@ -26,17 +26,32 @@ def ngrams(tokens: list[str], n: int) -> Iterable[tuple[str, ...]]:
 
 class TestIndex:
     """Every n-gram (words, normalised) of every test prompt and response, indexed once as a set,
-    plus the normalised test prompts; a NEW row is then checked in one pass."""
+    plus the normalised test prompts; a NEW row is then checked in one pass.
 
-    def __init__(self, test_rows: list[dict], n: int):
+    An n-gram that the user's own train rows hold too (`forget`) is dropped: it is a task template's
+    fixed text ("Given this review: ... would you recommend this app"), not what the test rows say, and a
+    pair that repeats it reveals nothing the student does not train on anyway. Kept, it removed every
+    synthetic pair of a templated task (the development data's star ratings: 96 of 156 candidates)."""
+
+    def __init__(self, test_rows: list[dict], n: int, shared: Iterable[dict] = ()):
         self.n = n
         self.grams: dict[tuple[str, ...], str] = {}
         self.prompts: dict[str, str] = {}
+        self.shared = 0  # test n-grams dropped because train holds them too
         for row in test_rows:
             self.prompts.setdefault(normalise(row["prompt"]), row["id"])
             for field in ("prompt", "response"):
                 for gram in ngrams(words(row[field]), n):
                     self.grams.setdefault(gram, row["id"])
+        for row in shared:
+            self.forget(words(row["prompt"]) + words(row["response"]))
+
+    def forget(self, tokens: list[str]) -> None:
+        """Drop the test n-grams a train row holds too."""
+        if self.grams:
+            for gram in ngrams(tokens, self.n):
+                if self.grams.pop(gram, None):
+                    self.shared += 1
 
     def hit(self, wi: list[str], wr: list[str]) -> tuple[str, str] | None:
         """(reason, test id) when a row (its normalised instruction and response words) overlaps test."""
@@ -106,13 +121,16 @@ def _digest(*texts: str) -> bytes:
 class CurationIndex:
     """Everything a NEW row is checked against, built once and grown one row at a time."""
 
-    def __init__(self, seen: Iterable[dict], test: list[dict], cfg, thresholds: dict | None = None):
+    def __init__(self, seen: Iterable[dict], test: list[dict], cfg, thresholds: dict | None = None,
+                 train: Iterable[dict] = ()):
+        """`train`: the user's own rows, whose n-grams are not test overlap (TestIndex); not earlier
+        synthetic rows, which a re-split may have made overlap test."""
         from datasketch import MinHash, MinHashLSH
 
         self.cfg = cfg
         self.thresholds = thresholds or {}
         self.fallback = filters.fixed(cfg)
-        self.test = TestIndex(test, cfg.decontam_ngram)
+        self.test = TestIndex(test, cfg.decontam_ngram, shared=train)
         self.exact_inst: dict[bytes, str] = {}
         self.exact_pair: dict[bytes, str] = {}
         self.lsh = MinHashLSH(threshold=cfg.lsh_threshold, num_perm=cfg.num_perm)
@@ -192,9 +210,10 @@ class CurationIndex:
 
 
 def curate(new: list[dict], seen: list[dict], test: list[dict], cfg, progress=None,
-           thresholds: dict | None = None) -> tuple[list[dict], list[dict], dict]:
-    """Return (kept NEW rows in order, removed [{id, reason, duplicate_of}], counts)."""
-    index = CurationIndex(seen, test, cfg, thresholds)
+           thresholds: dict | None = None, train: list[dict] | None = None) -> tuple[list[dict], list[dict], dict]:
+    """Return (kept NEW rows in order, removed [{id, reason, duplicate_of}], counts). `train`: the
+    user's own rows among `seen` (all of `seen` when None)."""
+    index = CurationIndex(seen, test, cfg, thresholds, train=seen if train is None else train)
     kept, removed = [], []
     for row in new:
         verdict = index.check(row)
@@ -206,17 +225,18 @@ def curate(new: list[dict], seen: list[dict], test: list[dict], cfg, progress=No
             progress(1)
     counts = Counter(r["reason"] for r in removed)
     report = {"in": len(new), "out": len(kept), "removed": dict(sorted(counts.items())),
-              "lsh_candidates": index.lsh_candidates, "near_duplicates_confirmed": index.near_duplicates}
+              "lsh_candidates": index.lsh_candidates, "near_duplicates_confirmed": index.near_duplicates,
+              "test_ngrams_shared_with_train": index.test.shared}
     return kept, removed, report
 
 
-def decontaminate(rows: Iterable[dict], held_out: list[dict], n: int) -> tuple[list[dict], Counter]:
+def decontaminate(rows: Iterable[dict], held_out: list[dict], n: int, train: Iterable[dict] = ()) -> tuple[list[dict], Counter]:
     """Earlier cycles' synthetic rows that overlap none of `held_out` (test and validation as split
     now), by the check curation made when they were kept (TestIndex: a held-out prompt, or an n-gram
-    of a held-out prompt or response). A re-split (coverage.seed, train_ratio, new rows) can move rows
+    of a held-out prompt or response that `train` does not hold). A re-split (coverage.seed, train_ratio, new rows) can move rows
     that those pairs paraphrase into test: training on them would leak the judge's answers. Returns
     (kept rows, removed count per reason)."""
-    index = TestIndex(held_out, n)
+    index = TestIndex(held_out, n, shared=train)
     kept, removed = [], Counter()
     for row in rows:
         hit = index.hit(words(row["prompt"]), words(row["response"]))

@@ -112,7 +112,7 @@ def synthesize(train: list[dict], test: list[dict], earlier: list[dict], svc, p,
     `seeds_per_cycle` requests), `synth.max_requests`, or the teacher stops filling the open buckets.
     `failed`: the last student's validation rows and scores (synth.focus: failures); `val` their texts."""
     thresholds = filters.derive(train, cfg)
-    index = CurationIndex(train + earlier, test, cfg, thresholds)
+    index = CurationIndex(train + earlier, test, cfg, thresholds, train=train)
     target = target_rows(p, cycle)
     limit = p.max_requests if target else min(p.seeds_per_cycle, len(train), p.max_requests)
     window = svc.batch_max if svc.batched else 2 * svc.concurrency
@@ -223,6 +223,7 @@ def _metrics(cycle: int, target: int, out: Result, tally: _Tally, thresholds: di
         "near_duplicate_rate": round(removed["near_duplicate"] / pairs, 4),
         "removed": dict(sorted(removed.items())),
         "lsh_candidates": index.lsh_candidates,
+        "test_ngrams_shared_with_train": index.test.shared,
         "quotas": {f"{t}/{lab}" if lab is not None else t: q for (t, lab), q in sorted(quota.want.items(), key=str)},
         "unfilled": unfilled,
         "stalled": bool(unfilled) and tally.requests - tally.last_fill >= STALL_REQUESTS,
