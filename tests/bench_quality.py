@@ -36,7 +36,7 @@ def plain(params, rows: list[dict] | None = None) -> dict:
     from duo.train import finetune
 
     p = params.finetune
-    rows, _ = finetune.load_rows(c.TRAIN, 0)
+    train, _ = finetune.load_rows(c.TRAIN, 0)
     val = c.read_rows(c.VAL)
     precision = finetune.autocast(p, "cpu")
     tok = AutoTokenizer.from_pretrained(c.BASE)
@@ -51,7 +51,7 @@ def plain(params, rows: list[dict] | None = None) -> dict:
                            disable_tqdm=True)
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=lora,
-                             train_dataset=Dataset.from_list(finetune.to_conversations(rows)),
+                             train_dataset=Dataset.from_list(finetune.to_conversations(train)),
                              eval_dataset=Dataset.from_list(finetune.to_conversations(val)))
         start = time.monotonic()
         result = trainer.train()
