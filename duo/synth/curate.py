@@ -28,7 +28,7 @@ class TestIndex:
     """Every n-gram (words, normalised) of every test prompt and response, indexed once as a set,
     plus the normalised test prompts; a NEW row is then checked in one pass.
 
-    An n-gram that the user's own train rows hold too (`forget`) is dropped: it is a task template's
+    An n-gram that the user's own train rows (`shared`) hold too is dropped: it is a task template's
     fixed text ("Given this review: ... would you recommend this app"), not what the test rows say, and a
     pair that repeats it reveals nothing the student does not train on anyway. Kept, it removed every
     synthetic pair of a templated task (the development data's star ratings: 96 of 156 candidates)."""
@@ -43,13 +43,8 @@ class TestIndex:
             for field in ("prompt", "response"):
                 for gram in ngrams(words(row[field]), n):
                     self.grams.setdefault(gram, row["id"])
-        for row in shared:
-            self.forget(words(row["prompt"]) + words(row["response"]))
-
-    def forget(self, tokens: list[str]) -> None:
-        """Drop the test n-grams a train row holds too."""
-        if self.grams:
-            for gram in ngrams(tokens, self.n):
+        for row in shared if self.grams else ():
+            for gram in ngrams(words(row["prompt"]) + words(row["response"]), n):
                 if self.grams.pop(gram, None):
                     self.shared += 1
 
