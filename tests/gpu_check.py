@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import traceback
 import zipfile
@@ -97,27 +96,26 @@ def slim_wheel(wheel: Path, drop: re.Pattern) -> None:
 
 
 def pack_llama(dest: Path) -> None:
-    """llama.cpp's sources from the pinned llama-cpp-python sdist (duo.llamacpp.converter, pip's cache), as
+    """llama.cpp's sources from the pinned llama-cpp-python sdist (duo.llamacpp.sdist, fetched once), as
     llama.cpp/... in a .tar.gz, with COMMIT and VERSION as tools/llama.cpp has them."""
-    from duo.llamacpp import converter
+    from duo.llamacpp import sdist as sdists
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = converter.download_sdist(Path(tmp))
-        top = sdist.name.removesuffix(".tar.gz")
-        prefix = f"{top}/vendor/llama.cpp/"
-        with tarfile.open(sdist) as src, tarfile.open(dest, "w:gz", compresslevel=9) as out:
-            commit = src.extractfile(f"{top}/.git/modules/vendor/llama.cpp/HEAD").read()
-            for m in src.getmembers():
-                rel = m.name[len(prefix):]
-                if not m.name.startswith(prefix) or not rel or rel.startswith(SKIP):
-                    continue
-                m.name = "llama.cpp/" + rel
-                m.pax_headers = {k: v for k, v in m.pax_headers.items() if k not in ("path", "linkpath")}
-                out.addfile(m, src.extractfile(m) if m.isfile() else None)
-            for name, text in (("COMMIT", commit), ("VERSION", top.rsplit("-", 1)[1].encode() + b"\n")):
-                info = tarfile.TarInfo(f"llama.cpp/{name}")
-                info.size = len(text)
-                out.addfile(info, io.BytesIO(text))
+    sdist = sdists.fetch()
+    top = sdist.name.removesuffix(".tar.gz")
+    prefix = f"{top}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as src, tarfile.open(dest, "w:gz", compresslevel=9) as out:
+        for m in src.getmembers():
+            rel = m.name[len(prefix):]
+            if not m.name.startswith(prefix) or not rel or rel.startswith(SKIP):
+                continue
+            m.name = "llama.cpp/" + rel
+            m.pax_headers = {k: v for k, v in m.pax_headers.items() if k not in ("path", "linkpath")}
+            out.addfile(m, src.extractfile(m) if m.isfile() else None)
+        for name, text in (("COMMIT", sdists.commit(sdist).encode() + b"\n"),
+                           ("VERSION", top.rsplit("-", 1)[1].encode() + b"\n")):
+            info = tarfile.TarInfo(f"llama.cpp/{name}")
+            info.size = len(text)
+            out.addfile(info, io.BytesIO(text))
 
 
 def pack_base(dest: Path) -> None:

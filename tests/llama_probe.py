@@ -27,8 +27,8 @@ def failure() -> str | None:
     info = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
                           capture_output=True, text=True).stdout.strip()
     how = "SIGILL (illegal instruction)" if proc.returncode in (-4, 132) else f"exit {proc.returncode}"
-    return (f"llama.cpp died evaluating a batched prompt: {how}. Its build: {info}. `make setup` rebuilds it "
-            f"without ggml's AMX kernels (remove .venv/.duo-llama-no-amx first if it exists). {proc.stderr.strip()[-1500:]}")
+    return (f"llama.cpp died evaluating a batched prompt: {how}. Its build: {info}. `make setup` builds it "
+            f"without ggml's AMX kernels (duo/llamacpp/builds.py; remove .venv/.duo-llama-* to reinstall it). {proc.stderr.strip()[-1500:]}")
 
 
 if __name__ == "__main__":

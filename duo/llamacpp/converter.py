@@ -1,19 +1,18 @@
 """llama.cpp's own converter scripts, taken from the source distribution of the pinned
 llama-cpp-python so that converter and runtime are the same llama.cpp version.
 
-Run by `make setup`: python -m duo.llamacpp.converter  (fetches the sdist through pip, once)
+Run by `make setup`: python -m duo.llamacpp.converter  (from the sdist duo/llamacpp/sdist.py fetched)
 """
 from __future__ import annotations
 
 import importlib.metadata
 import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 import click
+
+from duo.llamacpp import sdist
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools" / "llama.cpp"
 # The vendors' real vocabularies (tokenizer-only GGUFs, with llama.cpp's tokenizer test texts .inp and the
@@ -64,14 +63,6 @@ def versions() -> dict:
             "llama_cpp_commit": commit.read_text().strip() if commit.exists() else None}
 
 
-def download_sdist(into: Path) -> Path:
-    """The source distribution of the installed llama-cpp-python (pip's HTTP cache makes a repeat quick)."""
-    version = importlib.metadata.version("llama-cpp-python")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-                    ":all:", f"llama-cpp-python=={version}", "-d", str(into)], check=True)
-    return next(Path(into).glob(f"llama_cpp_python-{version}.tar.gz"))
-
-
 def fetch(dest: Path = TOOLS) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
     stamp, wanted = dest / "VERSION", dest / "WANTED"
@@ -79,22 +70,10 @@ def fetch(dest: Path = TOOLS) -> Path:
             and wanted.exists() and wanted.read_text().split() == list(WANTED)):
         return dest  # complete: same version, and extracted with this list of wanted paths
     with tempfile.TemporaryDirectory() as tmp:
-        sdist = download_sdist(Path(tmp))
-        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        source = sdist.fetch(version)
         staging = Path(tmp) / "out"
-        with tarfile.open(sdist) as tar:
-            members = []
-            for m in tar.getmembers():
-                if m.name.startswith(prefix) and m.name[len(prefix):].startswith(WANTED):
-                    m.name = m.name[len(prefix):]
-                    members.append(m)
-            tar.extractall(staging, members=members, filter="data")
-            # The sdist carries the git metadata of its llama.cpp submodule: HEAD is the commit built.
-            head = f"llama_cpp_python-{version}/.git/modules/vendor/llama.cpp/HEAD"
-            try:
-                commit = tar.extractfile(head).read().decode().strip()
-            except (KeyError, AttributeError):
-                commit = "unknown"
+        sdist.extract_llama_cpp(source, staging, WANTED)
+        commit = sdist.commit(source)
         (staging / "COMMIT").write_text(commit + "\n")
         (staging / "VERSION").write_text(version + "\n")
         (staging / "WANTED").write_text("\n".join(WANTED) + "\n")
