@@ -27,7 +27,7 @@ import click
 from duo import machine
 from duo.llamacpp import converter, gpu, sdist
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duo" / "llama.cpp"
+CACHE = sdist.DUO_CACHE / "llama.cpp"
 SERVER = "llama-server"
 # GCC 12 miscompiles ggml's AMX kernels: on AMX Xeons any batched prompt dies with SIGILL (only the
 # palette byte of the tile config is stored before ldtilecfg; llama.cpp PR #26954, open). Explicit -mno-*
@@ -81,8 +81,10 @@ def binary() -> Path:
     return path
 
 
-def _libraries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.name.startswith("lib") and ".so" in p.name)
+def _copy_libraries(folder: Path, into: Path) -> None:
+    for lib in folder.iterdir():
+        if lib.name.startswith("lib") and ".so" in lib.name:
+            shutil.copy2(lib, into / lib.name, follow_symlinks=False)  # the soname links stay links
 
 
 def build(kind: str | None = None, jobs: int | None = None) -> Path:
@@ -110,8 +112,7 @@ def build(kind: str | None = None, jobs: int | None = None) -> Path:
         staged = tmp / "out"
         staged.mkdir()
         built = tmp / "build" / "bin"
-        for lib in _libraries(built):
-            shutil.copy2(lib, staged / lib.name, follow_symlinks=False)  # the soname links stay links
+        _copy_libraries(built, staged)
         shutil.copy2(built / SERVER, staged / SERVER)
         os.replace(staged, dest)
     return dest
@@ -132,8 +133,7 @@ def install(folder: Path, into: Path | None = None) -> Path:
     staged = into.with_name(".lib.tmp")
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
-    for lib in _libraries(folder):
-        shutil.copy2(lib, staged / lib.name, follow_symlinks=False)
+    _copy_libraries(folder, staged)
     old = into.with_name(".lib.old")
     shutil.rmtree(old, ignore_errors=True)
     if into.exists():

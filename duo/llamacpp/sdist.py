@@ -16,7 +16,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duo" / "sdist"
+DUO_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "duo"  # per machine, like pip's
+CACHE = DUO_CACHE / "sdist"
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 
 
