@@ -30,9 +30,10 @@ help:
 	@echo "make push/pull models and data of a cycle to/from the DVC remote (e.g. S3)"
 
 # llama.cpp runs on the GPU where nvcc and an NVIDIA GPU are both present, on the CPU otherwise
-# (duo/llamacpp/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides).
+# (duo/llamacpp/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides). The
+# stamp also names the CPU kind: ggml compiles for the CPU it is built on, and a .venv may move.
 FLAVOUR := $(shell $(PYTHON) duo/llamacpp/gpu.py)
-LLAMA := $(VENV)/.duo-llama-$(FLAVOUR)
+LLAMA := $(VENV)/.duo-llama-$(shell $(PYTHON) duo/llamacpp/gpu.py --key)
 
 setup: $(STAMP) $(CONVERTER) $(LLAMA)
 

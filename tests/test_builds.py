@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from duo.llamacpp import builds, converter, sdist
+from duo.llamacpp import builds, converter, gpu, sdist
 
 
 def test_the_binding_and_llama_server_load_the_same_libraries_of_the_one_build():
@@ -47,9 +47,9 @@ def test_install_replaces_another_builds_libraries_and_keeps_the_soname_links(tm
 
 def test_the_build_is_keyed_by_commit_flavour_and_cpu(monkeypatch):
     where = builds._where("cpu", "0c1e57098bba0123")
-    assert where.name == f"0c1e57098bba-cpu-{builds.cpu_tag()}"
+    assert where.name == f"0c1e57098bba-cpu-{gpu.cpu_tag()}"
     assert builds._where("cuda", "0c1e57098bba0123") != where
-    monkeypatch.setattr(builds, "cpu_tag", lambda: "othercpu")
+    monkeypatch.setattr(gpu, "cpu_tag", lambda: "othercpu")
     assert builds._where("cpu", "0c1e57098bba0123") != where
 
 

@@ -70,7 +70,8 @@ def test_the_makefile_builds_llama_cpp_once_in_the_flavour_of_the_box(tmp_path):
         binding = [line for line in plan.splitlines() if "pip install" in line and "sdist.py" in line]
         assert binding and "-DLLAMA_BUILD=OFF" in binding[0] and "GGML_CUDA" not in plan
         assert "-m duo.llamacpp.builds" in plan
-    assert ".duo-llama-cuda" in on_gpu and ".duo-llama-cpu" in on_cpu
+    tag = gpu_script(fake_path(tmp_path), "--key").stdout.strip().split("-")[-1]
+    assert f".duo-llama-cuda-{tag}" in on_gpu and f".duo-llama-cpu-{tag}" in on_cpu
 
 
 def test_loads_offload_every_layer_only_with_a_gpu_build(monkeypatch, tmp_path):

@@ -12,7 +12,6 @@ Run by `make setup`: python -m duo.llamacpp.builds   (builds if missing, install
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import platform
@@ -56,22 +55,9 @@ def cmake_args(kind: str) -> list[str]:
     return args + gpu.cmake_flags(kind)
 
 
-def cpu_tag() -> str:
-    """A short hash of the CPU's model-independent instruction-set flags (what -march=native reads)."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                break
-    except OSError:
-        pass
-    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
-
-
 def _where(kind: str | None = None, commit: str | None = None) -> Path:
     commit = commit or converter.versions()["llama_cpp_commit"] or "unknown"
-    return CACHE / f"{commit[:12]}-{kind or flavour()}-{cpu_tag()}"
+    return CACHE / f"{commit[:12]}-{gpu.build_key(kind or flavour())}"
 
 
 def binary() -> Path:

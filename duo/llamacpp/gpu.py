@@ -1,13 +1,17 @@
 """Which llama.cpp build a machine gets, and how many layers a load offloads to the GPU.
 
 Standard library only: `make setup` runs this file with the system Python before the environment
-exists (`python3 duo/llamacpp/gpu.py` prints the flavour) to choose the llama-cpp-python build."""
+exists (`python3 duo/llamacpp/gpu.py` prints the flavour, `--key` the flavour and CPU tag that name the
+build) to choose the llama.cpp build."""
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 FLAVOURS = ("cpu", "cuda")
 
@@ -31,6 +35,24 @@ def flavour() -> str:
     return "cpu"
 
 
+def cpu_tag() -> str:
+    """A short hash of the CPU's instruction-set flags (what -march=native reads): ggml compiles for the
+    CPU it is built on, so a home directory or .venv shared by two CPU kinds needs a build for each."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
+
+
+def build_key(kind: str) -> str:
+    return f"{kind}-{cpu_tag()}"
+
+
 def cmake_flags(kind: str) -> list[str]:
     """What the flavour adds to llama.cpp's CMake arguments (llama-cpp-python's and llama-server's)."""
     return ["-DGGML_CUDA=on"] if kind == "cuda" else []
@@ -51,4 +73,5 @@ if __name__ == "__main__":
         kind = flavour()
     except ValueError as exc:
         sys.exit(str(exc))
-    print(" ".join(cmake_flags(kind)) if sys.argv[1:] == ["--cmake"] else kind)
+    shown = {"--cmake": " ".join(cmake_flags(kind)), "--key": build_key(kind)}
+    print(shown.get(sys.argv[1] if sys.argv[1:] else "", kind))
