@@ -129,7 +129,7 @@ class Finetune:
     loss: Literal["completion", "sequence"] = "completion"
     quantization: Literal["auto", "none", "4bit"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    group_by_length: bool = False
+    batches: Literal["rebalanced", "random", "grouped"] = "rebalanced"
     padding_free: bool = False
     gradient_checkpointing: bool = False
     frozen_cache_mb: int = num(1024, 0)

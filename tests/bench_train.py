@@ -331,7 +331,7 @@ def bench_levers(base: Path, data: Path, work: Path, n_rows: int, tokens: int, d
            "train.levers.default_losses": default["loss_curve"]}
     for name, overrides in {"fp32": {"precision": "fp32"}, "padding_free": {"padding_free": True},
                             "micro_batch_8": {"micro_batch_size": 8},
-                            "group_by_length": {"group_by_length": True},
+                            "group_by_length": {"batches": "grouped"},
                             "gradient_checkpointing": {"gradient_checkpointing": True},
                             # LoRA on every layer: backward runs through the whole model
                             "lora_layers_all": {"lora": {"layers": "all"}},

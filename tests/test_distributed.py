@@ -44,7 +44,7 @@ def run(root, processes: int, dropout: float = 0.0) -> tuple[subprocess.Complete
     params = yaml.safe_load((root / "params.yaml").read_text())
     # dropout off and a fixed row order: what each step sees must not depend on the process count
     params["finetune"].update(TINY | {"processes": processes, "batch_size": 4, "max_steps": 4, "save_steps": 2,
-                                      "group_by_length": False, "early_stopping_patience": 0})
+                                      "batches": "random", "early_stopping_patience": 0})
     params["finetune"]["lora"]["dropout"] = dropout
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     val = [{"id": f"v{i}", "task": "qa", "prompt": f"What is {i} times two?", "response": f"{2 * i}."} for i in range(4)]

@@ -28,7 +28,7 @@ def _duo(base, out, monkeypatch, tmp_path, precision, dropout=0.0):
     from duo.train import finetune
 
     monkeypatch.chdir(tmp_path)  # checkpoints go under .duo/ of the working directory
-    raw = {"finetune": RECIPE | {"max_steps": -1, "micro_batch_size": 4, "group_by_length": False, "threads": 1,
+    raw = {"finetune": RECIPE | {"max_steps": -1, "micro_batch_size": 4, "batches": "random", "threads": 1,
                                  "save_steps": 0, "early_stopping_patience": 0, "precision": precision,
                                  "lora": {"r": 4, "alpha": 8, "dropout": dropout, "target_modules": "all-linear"}}}
     p = params_mod.build(params_mod.Params, raw, "", "test").finetune

@@ -229,3 +229,36 @@ def test_heap_trim_runs_before_each_forward_and_changes_nothing(monkeypatch):
     assert len(calls) == 2 and set(calls) <= {0, 1}  # one trim per forward; glibc returns 0 or 1
     assert torch.equal(got_loss, want_loss) and all(torch.equal(got_grads[n], g) for n, g in want_grads.items())
     handle.remove()
+
+
+def _step_batches(seed: int, strategy: str, lengths: list[int]) -> list[list[int]]:
+    """Rows per micro-batch of a Trainer's first epoch (batch 8 = 2 micro-batches of 4), as duo sets it up."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from duo.compat import training as compat
+
+    data = Dataset.from_list([{"input_ids": list(range(1, n + 1)), "row": i} for i, n in enumerate(lengths)])
+    args = TrainingArguments(output_dir="unused", per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                             train_sampling_strategy=strategy, seed=seed, data_seed=seed, use_cpu=True,
+                             report_to="none", remove_unused_columns=False)
+    trainer = Trainer(model=_model(), args=args, train_dataset=data, data_collator=lambda rows: [r["row"] for r in rows])
+    compat.seed_rebalanced_batches(trainer)
+    return list(trainer.get_train_dataloader())
+
+
+def test_rebalanced_steps_hold_random_rows_in_micro_batches_of_similar_length():
+    """finetune.batches: rebalanced keeps each step a random draw of 8 rows (every row once an epoch) but
+    cuts it into micro-batches of similar length: less padding computed, the same summed step (above);
+    finetune.seed changes the draw."""
+    lengths = [400 if i % 4 == 0 else 20 + i for i in range(64)]  # mixed tasks: a quarter long
+    rebalanced = _step_batches(1, "batch_rebalance", lengths)
+    random_ = _step_batches(1, "random", lengths)
+    assert sorted(sum(rebalanced, [])) == list(range(64)) and len(rebalanced) == 16
+    assert {len(b) for b in rebalanced} != {4}  # long rows share a micro-batch with fewer others
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded(rebalanced) < 0.8 * padded(random_)
+    assert _step_batches(2, "batch_rebalance", lengths) != rebalanced
+    assert _step_batches(1, "batch_rebalance", lengths) == rebalanced

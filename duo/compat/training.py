@@ -43,6 +43,43 @@ def _check_trainer_hooks():
     assert list(out.parameters)[:2] == ["self", "trial"], out
 
 
+TRAINER_SAMPLER = "_get_train_sampler"
+
+
+def seed_rebalanced_batches(trainer) -> None:
+    """Trainer builds its BatchRebalanceSampler with the sampler's default seed (42) whatever the run's
+    seed; give it the run's data seed, so finetune.seed changes the data order as it does for random."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    build = getattr(trainer, TRAINER_SAMPLER)
+
+    def seeded(*args, **kwargs):
+        sampler = build(*args, **kwargs)
+        if isinstance(sampler, BatchRebalanceSampler):
+            sampler.seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+        return sampler
+
+    setattr(trainer, TRAINER_SAMPLER, seeded)
+
+
+@register("transformers.Trainer._get_train_sampler / BatchRebalanceSampler.seed",
+          "finetune.seed orders the rebalanced batches (finetune.batches: rebalanced)",
+          "duo/compat/training.py: seed_rebalanced_batches")
+def _check_rebalance_seed():
+    import inspect
+
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    assert list(inspect.signature(getattr(Trainer, TRAINER_SAMPLER)).parameters)[:2] == ["self", "train_dataset"]
+    orders = []
+    for seed in (1, 2):
+        sampler = BatchRebalanceSampler(lengths=list(range(10, 42)), effective_batch_size=8, dp_size=1, grad_accum=2)
+        sampler.seed = seed
+        orders.append([list(b) for b in sampler])
+    assert orders[0] != orders[1] and sorted(sum(orders[0], [])) == list(range(32))
+
+
 # ---- transformers decoder models -----------------------------------------------------------------
 @register("transformers *Model.embed_tokens / .layers[i].forward", "serve frozen layers' outputs from a "
           "cache (lora.layers < all)", "duo/train/frozen_layers.py")

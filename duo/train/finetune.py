@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from duo import contracts
+from duo.compat import training as compat
 from duo.data import chat
 from duo import params as params_mod
 from duo import progress
@@ -20,6 +21,10 @@ from duo.train import checkpoints, distributed, frozen_layers
 from duo.train import levers as train_levers
 
 FIELDS = contracts.ROW_FIELDS
+# finetune.batches -> transformers' train_sampling_strategy. rebalanced: each step is a random draw of
+# batch_size rows (as random), cut into micro-batches of similar length, so less padding is computed and
+# the step's summed gradient is the same.
+SAMPLERS = {"rebalanced": "batch_rebalance", "random": "random", "grouped": "group_by_length"}
 
 
 def lora_size(n_rows: int, r, alpha) -> tuple[int, int]:
@@ -219,7 +224,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         max_length=None if padding_free else p.max_length,
         padding_free=padding_free,
         completion_only_loss=p.loss == "completion",
-        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
+        train_sampling_strategy=SAMPLERS[p.batches],
         logging_steps=1,
         report_to="none",
         seed=p.seed,
@@ -250,6 +255,7 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
         # the previous cycle's LoRA weights in place of fresh ones; the optimizer and schedule start anew
         set_peft_model_state_dict(trainer.model, load_file(init / "adapter_model.safetensors"))
     ckpt.attach(trainer)
+    compat.seed_rebalanced_batches(trainer)
     train_levers.cheap_dropout_masks(trainer.model)
     train_levers.trim_heap_each_forward(trainer.model)
     cache = None
