@@ -33,7 +33,7 @@ help:
 # (duo/llamacpp/gpu.py, stdlib only so the system Python can run it; DUO_GPU=cpu|cuda overrides). The
 # stamp also names the CPU kind: ggml compiles for the CPU it is built on, and a .venv may move.
 FLAVOUR := $(shell $(PYTHON) duo/llamacpp/gpu.py)
-LLAMA := $(VENV)/.duo-llama-$(shell $(PYTHON) duo/llamacpp/gpu.py --key)
+LLAMA := $(VENV)/.duo-llama-$(FLAVOUR)-$(shell $(PYTHON) duo/llamacpp/gpu.py --cpu)
 
 setup: $(STAMP) $(CONVERTER) $(LLAMA)
 

@@ -177,8 +177,15 @@ def duo_train(rows: list[dict], base: Path, work: Path, overrides: dict | None =
 
 
 def _child(kind: str, base: str, data: str, n_rows: int, work: str, overrides: str) -> None:
-    """One run in a fresh process (its own peak RSS, no warm caches from another run)."""
+    """One run in a fresh process (its own peak RSS, no warm caches from another run), in a folder of its
+    own: finetune's checkpoints go to ./.duo/checkpoints, and a crashed earlier run's sealed checkpoints of
+    the same rows and settings would be resumed and timed as if trained."""
     import resource
+    import tempfile
+
+    base, data, work = (str(Path(x).resolve()) for x in (base, data, work))
+    Path(work).mkdir(parents=True, exist_ok=True)
+    os.chdir(tempfile.mkdtemp(prefix="run-", dir=work))
 
     from duo.data import records
     from duo.train import finetune

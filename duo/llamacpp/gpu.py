@@ -1,7 +1,7 @@
 """Which llama.cpp build a machine gets, and how many layers a load offloads to the GPU.
 
 Standard library only: `make setup` runs this file with the system Python before the environment
-exists (`python3 duo/llamacpp/gpu.py` prints the flavour, `--key` the flavour and CPU tag that name the
+exists (`python3 duo/llamacpp/gpu.py` prints the flavour, `--cpu` the CPU tag; together they name the
 build) to choose the llama.cpp build."""
 from __future__ import annotations
 
@@ -69,9 +69,11 @@ def offload_layers(setting="auto") -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--cpu"]:
+        print(cpu_tag())
+        sys.exit(0)
     try:
         kind = flavour()
     except ValueError as exc:
         sys.exit(str(exc))
-    shown = {"--cmake": " ".join(cmake_flags(kind)), "--key": build_key(kind)}
-    print(shown.get(sys.argv[1] if sys.argv[1:] else "", kind))
+    print(" ".join(cmake_flags(kind)) if sys.argv[1:] == ["--cmake"] else kind)
