@@ -40,11 +40,12 @@ def bundled_base(tmp_path_factory):
     return root / "models" / "base"
 
 
-def run(root, processes: int, dropout: float = 0.0) -> tuple[subprocess.CompletedProcess, dict]:
+def run(root, processes: int, dropout: float = 0.0, batches: str = "random") -> tuple[subprocess.CompletedProcess, dict]:
     params = yaml.safe_load((root / "params.yaml").read_text())
-    # dropout off and a fixed row order: what each step sees must not depend on the process count
+    # dropout off: what each step sees must not depend on the process count (both samplers draw each
+    # step's rows from one seeded order and only split them across processes)
     params["finetune"].update(TINY | {"processes": processes, "batch_size": 4, "max_steps": 4, "save_steps": 2,
-                                      "batches": "random", "early_stopping_patience": 0})
+                                      "batches": batches, "early_stopping_patience": 0})
     params["finetune"]["lora"]["dropout"] = dropout
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     val = [{"id": f"v{i}", "task": "qa", "prompt": f"What is {i} times two?", "response": f"{2 * i}."} for i in range(4)]
@@ -56,9 +57,10 @@ def run(root, processes: int, dropout: float = 0.0) -> tuple[subprocess.Complete
     return proc, json.loads((root / "metrics" / "train.json").read_text())
 
 
-def test_two_processes_train_the_curve_of_one(tiny_base, tmp_path):
-    _, one = run(make_project(tmp_path / "one", tiny_base), 1)
-    proc, two = run(make_project(tmp_path / "two", tiny_base), 2)
+@pytest.mark.parametrize("batches", ["random", "rebalanced"])
+def test_two_processes_train_the_curve_of_one(tiny_base, tmp_path, batches):
+    _, one = run(make_project(tmp_path / "one", tiny_base), 1, batches=batches)
+    proc, two = run(make_project(tmp_path / "two", tiny_base), 2, batches=batches)
 
     assert one["processes"] == 1 and two["processes"] == 2 and two["steps"] == one["steps"] == 4
     assert "2 processes under accelerate launch (DDP, CPU (gloo))" in proc.stdout
