@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,10 +22,16 @@ pytestmark = pytest.mark.slow
 
 def dvc(repo: Path, *args: str, timeout: float = 300) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
-    return proc.stdout
+    # Files, not pipes: the queue's workers can inherit the output handles of `dvc queue start`, and a pipe
+    # then stays open until they finish (CI waited 300 s on a start that had exited 0).
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, stdout=out, stderr=err,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert proc.returncode == 0, (args, stdout[-3000:], stderr[-3000:])
+    return stdout
 
 
 def test_two_queued_variants_run_in_parallel_and_compare(tmp_path):
