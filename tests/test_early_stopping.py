@@ -65,3 +65,21 @@ def test_stops_at_the_rise_and_publishes_the_best_evaluation(tiny_base, tmp_path
     assert metrics["steps"] == curve[-1]["step"] < 30 * 6, "epochs are a maximum"
     published = load_file(root / "models" / "adapter" / "adapter_model.safetensors")
     assert _digest(published) == seen[best["step"]] != seen[curve[-1]["step"]]
+
+
+def test_without_early_stopping_validation_is_evaluated_once_an_epoch_and_where_training_ends(tiny_base, tmp_path,
+                                                                                             monkeypatch):
+    import yaml
+
+    root = make_project(tmp_path / "p", tiny_base)  # 12 rows, batch 2: 6 steps an epoch
+    val = [{"id": f"v{i}", "task": "qa", "prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}
+           for i in range(11, 15)]
+    (root / "data" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"].update(TINY | {"max_steps": 9, "epochs": 2.0, "save_steps": 2, "early_stopping_patience": 0})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_inline(root, monkeypatch)
+    metrics = json.loads((root / "metrics" / "train.json").read_text())
+    # not at every checkpoint (2, 4, ...): the evaluations then chose nothing and cost a sixth of training
+    assert [e["step"] for e in metrics["validation_curve"]] == [6, 9], metrics["validation_curve"]
+    assert metrics["steps"] == 9 and not metrics["stopped_early"]

@@ -200,11 +200,13 @@ def train(rows: list[dict], p, base: Path, out: Path, *, val: list[dict] = (), l
     early = bool(val) and p.early_stopping_patience > 0
     evaluation = {}
     if val:
-        # validation loss at every checkpoint (the best one is kept and restored), else every epoch
-        evaluation = {"eval_strategy": "steps" if p.save_steps else "epoch", "per_device_eval_batch_size": micro,
-                      "load_best_model_at_end": early and p.save_steps > 0, "metric_for_best_model": "eval_loss",
+        # validation loss at every checkpoint where early stopping picks the best one from them; else once an
+        # epoch, for the curve in metrics only (every 10 steps cost 17% of a cycle's training on 300 rows)
+        by_steps = early and p.save_steps > 0
+        evaluation = {"eval_strategy": "steps" if by_steps else "epoch", "per_device_eval_batch_size": micro,
+                      "load_best_model_at_end": by_steps, "metric_for_best_model": "eval_loss",
                       "greater_is_better": False, "restore_callback_states_from_checkpoint": True}
-        if p.save_steps:
+        if by_steps:
             evaluation["eval_steps"] = p.save_steps
     config = SFTConfig(
         **ckpt.trainer_args(),  # .duo/checkpoints/<key>/, every finetune.save_steps, sealed
