@@ -11,6 +11,8 @@ runs with k = 1, temperature 0), the mean over tasks, training seconds and rows;
 
 DUO_LOOP_SET="finetune.init=previous synth.focus=failures" runs a variant (recorded under
 loop.variants.<name>, DUO_LOOP_NAME or the settings); the main keys describe the shipped defaults.
+`python -m tests.bench_loop pool NAME...` pools runs of other seeds: per test prompt, each cycle's
+score averaged over the runs, then the paired interval of (last cycle - cycle 0) as above.
 DUO_LOOP_CYCLES=2 is the short form (~40 min less on 2 cores): cycle 0, then one cycle that adds at once
 the 192 synthetic rows the three-cycle run holds at its last cycle. With `finetune.init: base` and
 `synth.focus: uniform` (the defaults) each cycle trains from the base on all rows so far, so its last
@@ -132,6 +134,23 @@ def _plain_child(project: Path) -> dict:
             "steps": got["steps"]}
 
 
+def pooled(names: list[str]) -> dict:
+    """The lift of several runs (seeds) of one setting: each cycle's per-prompt score averaged over them."""
+    from duo.data import records
+    from duo.evaluation import reference
+
+    def cycle(t: int) -> dict:
+        runs = [records.read_json(WORK / f"{n}-cycle{t}-scores.json") for n in names]
+        ids = set.intersection(*(set(r) for r in runs))
+        return {i: (*runs[0][i][:2], sum(r[i][2] for r in runs) / len(runs)) for i in sorted(ids)}
+
+    last = max(t for t in range(CYCLES + 1) if all((WORK / f"{n}-cycle{t}-scores.json").is_file() for n in names))
+    first, end = cycle(0), cycle(last)
+    return {"runs": names, "cycle0": reference.task_score(first), f"cycle{last}": reference.task_score(end),
+            "lift": round(reference.task_score(end)["task_score"] - reference.task_score(first)["task_score"], 2),
+            "lift_ci": reference.bootstrap(end, first)}
+
+
 def bench_loop() -> dict:
     WORK.mkdir(parents=True, exist_ok=True)
     sets = os.environ.get("DUO_LOOP_SET", "").split()
@@ -157,3 +176,5 @@ def bench_loop() -> dict:
 if __name__ == "__main__":
     if sys.argv[1] == "plain":
         print(json.dumps(_plain_child(Path(sys.argv[2]))))
+    elif sys.argv[1] == "pool":
+        print(json.dumps(pooled(sys.argv[2:]), indent=1))
