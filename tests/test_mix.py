@@ -79,6 +79,29 @@ def test_quotas_split_by_task_and_label_and_sum_to_the_target():
     assert abs(balanced["classification", "positive"] - balanced["classification", "negative"]) <= 1
 
 
+def test_balanced_shares_are_equal_within_each_template_and_templates_keep_their_train_share():
+    """One task, two templates with labels of their own (the development data's paraphrase yes/no beside a
+    star rating): balanced gives each template its train share, split equally among its own labels."""
+    rng = random.Random(0)
+
+    def text(n):
+        return " ".join(rng.choice(VOCAB) for _ in range(n))
+
+    rows = [{"id": f"p{i}", "task": "classification", "response": "yes" if i < 24 else "no",
+             "prompt": f"Do these two sentences mean the same thing? {text(9)} / {text(9)}"} for i in range(30)]
+    rows += [{"id": f"s{i}", "task": "classification", "response": "★" * (1 if i < 14 else 2 if i < 18 else 3),
+              "prompt": f"How many stars would the writer give, from one to three? Review: {text(12)}"}
+             for i in range(20)]
+    found = mix.labels(rows)["classification"]
+    family = mix.families(rows, found)
+    assert family["yes"] == family["no"] != family["★"] == family["★★"] == family["★★★"]
+    assert mix.shares(found, family) == pytest.approx({"yes": 0.3, "no": 0.3, "★": 0.4 / 3, "★★": 0.4 / 3,
+                                                       "★★★": 0.4 / 3})
+    q = mix.quotas(rows, 60, {"classification": 1.0}, balanced=True)
+    assert q["classification", "yes"] == q["classification", "no"] == 18
+    assert sorted(q["classification", s] for s in ("★", "★★", "★★★")) == [8, 8, 8]
+
+
 def test_kept_rows_keep_the_train_answer_shares_against_an_80_20_teacher(api):
     """An 80/20 teacher against a 60/40 train split: the kept classification rows stay within 0.1 (total
     variation) of train; the positive overflow waits in reserve, spelled as train spells the label."""

@@ -5,7 +5,9 @@ A teacher asked for pairs "like this example" skews labels toward the majority (
 class where train had 60%); trained on that, the student learned the skew and lost 14 points of exact
 match. So a labelled task's kept rows keep each answer's share of the train split (or equal shares,
 `synth.answer_shares: balanced`): seeds are drawn by answer, and curation holds a label's overflow in
-reserve for later cycles instead of training on it.
+reserve for later cycles instead of training on it. One task may hold several templates with labels of
+their own (a paraphrase yes/no beside a five-star rating): balanced shares are equal within each template's
+labels, and the templates keep their train shares.
 
 With `synth.focus: failures`, the last cycle's student, scored on the validation split (never test),
 steers the seeds: tasks with more failed validation rows get a larger share of the pairs, and within a
@@ -23,6 +25,8 @@ from duo.synth.filters import words
 MAX_LABELS = 20     # more distinct answers than this: not a label set
 FAILED_BELOW = 50   # a validation row scoring below this (0-100) is a failure
 NEIGHBOURS = 3      # train rows that each failed validation row lends weight to
+TEMPLATE_WORDS = 0.8  # a word in this share of a label's prompts belongs to the template the label answers
+SAME_TEMPLATE = 0.5   # two labels whose template words overlap this much (of the smaller set) share one
 
 
 def labels(rows: list[dict]) -> dict[str, Counter]:
@@ -43,9 +47,36 @@ def canonical(rows: list[dict]) -> dict[tuple[str, str], str]:
     return {key: counts.most_common(1)[0][0] for key, counts in spelled.items()}
 
 
-def shares(counts: Counter, balanced: bool = False) -> dict[str, float]:
+def families(rows: list[dict], counts: Counter) -> dict[str, int]:
+    """label -> its family: labels whose prompts share their template words (the words of at least
+    TEMPLATE_WORDS of a label's prompts), so answers of one question form are balanced with each other."""
+    template = {}
+    for label in counts:
+        bags = [set(words(r["prompt"])) for r in rows if normalise_answer(r["response"]) == label]
+        seen = Counter(w for bag in bags for w in bag)
+        template[label] = {w for w, n in seen.items() if n >= TEMPLATE_WORDS * len(bags)}
+    family: dict[str, int] = {}
+    for label in sorted(counts, key=lambda k: (-counts[k], k)):  # the largest label anchors its family
+        for other, fam in list(family.items()):
+            a, b = template[label], template[other]
+            if a and b and len(a & b) >= SAME_TEMPLATE * min(len(a), len(b)):
+                family[label] = fam
+                break
+        else:
+            family[label] = len(set(family.values()))
+    return family
+
+
+def shares(counts: Counter, family: dict[str, int] | None = None) -> dict[str, float]:
+    """Each label's share of a task's kept rows: its train share, or with `family` (balanced) its family's
+    train share split equally among the family's labels."""
     total = sum(counts.values())
-    return {label: (1 / len(counts) if balanced else n / total) for label, n in sorted(counts.items())}
+    if family is None:
+        return {label: n / total for label, n in sorted(counts.items())}
+    size, rows = Counter(family.values()), Counter()
+    for label, n in counts.items():
+        rows[family[label]] += n
+    return {label: rows[family[label]] / total / size[family[label]] for label in sorted(counts)}
 
 
 def tvd(a: Counter | dict, b: Counter | dict) -> float | None:
@@ -76,7 +107,8 @@ def quotas(train: list[dict], target: int, weights: dict[str, float], balanced: 
     parts = {}
     for task, w in weights.items():
         if task in found:
-            for label, share in shares(found[task], balanced).items():
+            family = families([r for r in train if r["task"] == task], found[task]) if balanced else None
+            for label, share in shares(found[task], family).items():
                 parts[task, label] = target * w * share
         else:
             parts[task, None] = target * w
