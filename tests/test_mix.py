@@ -100,6 +100,9 @@ def test_balanced_shares_are_equal_within_each_template_and_templates_keep_their
     q = mix.quotas(rows, 60, {"classification": 1.0}, balanced=True)
     assert q["classification", "yes"] == q["classification", "no"] == 18
     assert sorted(q["classification", s] for s in ("★", "★★", "★★★")) == [8, 8, 8]
+    # free-form prompts share no template: one family, equal shares as for a single template
+    free = [{**r, "prompt": text(12)} for r in rows]
+    assert len(set(mix.families(free, found).values())) == 1
 
 
 def test_kept_rows_keep_the_train_answer_shares_against_an_80_20_teacher(api):

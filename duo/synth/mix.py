@@ -14,6 +14,7 @@ steers the seeds: tasks with more failed validation rows get a larger share of t
 task, the train rows most like the failed validation rows seed more requests."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter, defaultdict
@@ -48,23 +49,28 @@ def canonical(rows: list[dict]) -> dict[tuple[str, str], str]:
 
 
 def families(rows: list[dict], counts: Counter) -> dict[str, int]:
-    """label -> its family: labels whose prompts share their template words (the words of at least
-    TEMPLATE_WORDS of a label's prompts), so answers of one question form are balanced with each other."""
+    """label -> its family: the labels that answer one question form. A label's template is the words of
+    at least TEMPLATE_WORDS of its prompts; two labels are apart only when both have a template and the
+    templates share less than SAME_TEMPLATE of the smaller one, so free-form prompts (no template) make
+    one family and balance as before."""
     template = {}
     for label in counts:
         bags = [set(words(r["prompt"])) for r in rows if normalise_answer(r["response"]) == label]
         seen = Counter(w for bag in bags for w in bag)
         template[label] = {w for w, n in seen.items() if n >= TEMPLATE_WORDS * len(bags)}
-    family: dict[str, int] = {}
-    for label in sorted(counts, key=lambda k: (-counts[k], k)):  # the largest label anchors its family
-        for other, fam in list(family.items()):
-            a, b = template[label], template[other]
-            if a and b and len(a & b) >= SAME_TEMPLATE * min(len(a), len(b)):
-                family[label] = fam
-                break
-        else:
-            family[label] = len(set(family.values()))
-    return family
+    parent = {label: label for label in counts}
+
+    def root(label: str) -> str:
+        while parent[label] != label:
+            label = parent[label]
+        return label
+
+    for a, b in itertools.combinations(sorted(counts), 2):
+        ta, tb = template[a], template[b]
+        if not ta or not tb or len(ta & tb) >= SAME_TEMPLATE * min(len(ta), len(tb)):
+            parent[root(b)] = root(a)
+    ids: dict[str, int] = {}
+    return {label: ids.setdefault(root(label), len(ids)) for label in sorted(counts)}
 
 
 def shares(counts: Counter, family: dict[str, int] | None = None) -> dict[str, float]:
