@@ -71,3 +71,34 @@ def test_one_cmake_build_makes_shared_libraries_that_find_each_other(kind):
     args = builds.cmake_args(kind)
     assert "-DBUILD_SHARED_LIBS=ON" in args and "-DCMAKE_INSTALL_RPATH=$ORIGIN" in args
     assert ("-DGGML_CUDA=on" in args) == (kind == "cuda")
+
+
+def test_a_second_build_waits_for_the_compile_in_progress_and_takes_its_result(tmp_path, monkeypatch):
+    """`make setup` starts the compile beside its pip steps; its last step then calls build() again: that
+    call waits under the cache's lock and finds the finished build, never compiling a second time."""
+    import fcntl
+    import threading
+
+    dest = tmp_path / "0c1e57098bba-cpu-x"
+    compiled, waiting, got = [], threading.Event(), []
+    monkeypatch.setattr(builds, "CACHE", tmp_path)
+    monkeypatch.setattr(builds, "_where", lambda kind=None, commit=None: dest)
+    monkeypatch.setattr(sdist, "fetch", lambda ver=None: tmp_path / "llama_cpp_python-0.tar.gz")
+    monkeypatch.setattr(sdist, "commit", lambda source: "0c1e57098bba")
+    monkeypatch.setattr(builds, "_compile", lambda *a: compiled.append(a))
+    monkeypatch.setattr(builds.click, "echo", lambda text, err=False: waiting.set())
+
+    with open(tmp_path / f".{dest.name}.lock", "w") as held:  # the compile started earlier
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=lambda: got.append(builds.build("cpu")))
+        second.start()
+        assert waiting.wait(30) and second.is_alive()
+        dest.mkdir()
+        (dest / builds.SERVER).write_bytes(b"built by the first")
+    second.join(30)
+    assert got == [dest] and compiled == []
+
+    # no build anywhere: the caller compiles, once
+    (dest / builds.SERVER).unlink()
+    builds.build("cpu")
+    assert len(compiled) == 1

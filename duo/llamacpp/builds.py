@@ -8,10 +8,13 @@ The flavour is `cpu`, or `cuda` where nvcc and a GPU are both found (duo/llamacp
 also keyed by the CPU's instruction sets: ggml compiles for the CPU it is built on (-march=native), so a
 cache on a home directory shared by two CPU kinds must not hand one kind the other's build.
 
-Run by `make setup`: python -m duo.llamacpp.builds   (builds if missing, installs the libraries)
+`make setup` starts the compile early, beside its pip steps (`python -m duo.llamacpp.builds compile`,
+which only fills the cache), and its last step (`python -m duo.llamacpp.builds`) waits for that compile
+under the cache's lock, or compiles itself should it have failed, then installs the libraries.
 """
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import platform
@@ -74,7 +77,9 @@ def _copy_libraries(folder: Path, into: Path) -> None:
 
 
 def build(kind: str | None = None, jobs: int | None = None) -> Path:
-    """The build's folder (llama-server and the lib*.so it and the binding load), compiled unless cached."""
+    """The build's folder (llama-server and the lib*.so it and the binding load), compiled unless cached.
+    One compile per key at a time: a second caller (setup's last step, another checkout's setup) waits
+    for the first under a lock, then finds its result."""
     kind = kind or flavour()
     source = sdist.fetch()
     commit = sdist.commit(source)
@@ -82,6 +87,18 @@ def build(kind: str | None = None, jobs: int | None = None) -> Path:
     if (dest / SERVER).is_file():
         return dest
     CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{dest.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            click.echo(f"llama.cpp: waiting for the build in progress ({dest.name})", err=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / SERVER).is_file():
+            _compile(source, kind, commit, dest, jobs)
+    return dest
+
+
+def _compile(source: Path, kind: str, commit: str, dest: Path, jobs: int | None) -> None:
     with tempfile.TemporaryDirectory(prefix=".build-", dir=CACHE) as tmp:
         tmp = Path(tmp)
         sdist.extract_llama_cpp(source, tmp / "src")
@@ -101,7 +118,6 @@ def build(kind: str | None = None, jobs: int | None = None) -> Path:
         _copy_libraries(built, staged)
         shutil.copy2(built / SERVER, staged / SERVER)
         os.replace(staged, dest)
-    return dest
 
 
 def binding_libs() -> Path:
@@ -131,5 +147,6 @@ def install(folder: Path, into: Path | None = None) -> Path:
 
 if __name__ == "__main__":
     built = build()
-    print(f"llama.cpp: {built} -> {install(built)}")
+    if sys.argv[1:] != ["compile"]:
+        print(f"llama.cpp: {built} -> {install(built)}")
     sys.exit(0)
