@@ -316,9 +316,9 @@ def main() -> None:
     unknown = sorted(set(sections) - set(SECTIONS) - {"levers"})
     if unknown:
         raise SystemExit(f"unknown bench section(s) {unknown}; choose from {list(SECTIONS)} (+ levers with train)")
-    results = records.read_json(OUT, default={}) or {}
-
     def save(figures: dict) -> None:
+        # read again at each save: a section runs for hours, and figures written meanwhile must survive
+        results = records.read_json(OUT, default={}) or {}
         timings = {**(results.get("bench.section_s") or {}), **(figures.get("bench.section_s") or {})}
         records.write_json(OUT, {**results, **figures, "bench.section_s": timings})
 
