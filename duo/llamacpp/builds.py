@@ -8,9 +8,7 @@ The flavour is `cpu`, or `cuda` where nvcc and a GPU are both found (duo/llamacp
 also keyed by the CPU's instruction sets: ggml compiles for the CPU it is built on (-march=native), so a
 cache on a home directory shared by two CPU kinds must not hand one kind the other's build.
 
-`make setup` starts the compile early, beside its pip steps (`python -m duo.llamacpp.builds compile`,
-which only fills the cache), and its last step (`python -m duo.llamacpp.builds`) waits for that compile
-under the cache's lock, or compiles itself should it have failed, then installs the libraries.
+Run by `make setup`: python -m duo.llamacpp.builds   (builds if missing, installs the libraries)
 """
 from __future__ import annotations
 
@@ -78,8 +76,8 @@ def _copy_libraries(folder: Path, into: Path) -> None:
 
 def build(kind: str | None = None, jobs: int | None = None) -> Path:
     """The build's folder (llama-server and the lib*.so it and the binding load), compiled unless cached.
-    One compile per key at a time: a second caller (setup's last step, another checkout's setup) waits
-    for the first under a lock, then finds its result."""
+    One compile per key at a time: a second caller (another checkout's setup on this machine) waits for
+    the first under a lock, then finds its result."""
     kind = kind or flavour()
     source = sdist.fetch()
     commit = sdist.commit(source)
@@ -147,6 +145,5 @@ def install(folder: Path, into: Path | None = None) -> Path:
 
 if __name__ == "__main__":
     built = build()
-    if sys.argv[1:] != ["compile"]:
-        print(f"llama.cpp: {built} -> {install(built)}")
+    print(f"llama.cpp: {built} -> {install(built)}")
     sys.exit(0)
