@@ -79,10 +79,10 @@ def shares(counts: Counter, family: dict[str, int] | None = None) -> dict[str, f
     total = sum(counts.values())
     if family is None:
         return {label: n / total for label, n in sorted(counts.items())}
-    size, rows = Counter(family.values()), Counter()
+    size, in_family = Counter(family.values()), Counter()
     for label, n in counts.items():
-        rows[family[label]] += n
-    return {label: rows[family[label]] / total / size[family[label]] for label in sorted(counts)}
+        in_family[family[label]] += n
+    return {label: in_family[family[label]] / total / size[family[label]] for label in sorted(counts)}
 
 
 def tvd(a: Counter | dict, b: Counter | dict) -> float | None:
