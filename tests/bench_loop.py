@@ -13,9 +13,9 @@ DUO_LOOP_SET="finetune.init=previous synth.focus=failures" runs a variant (recor
 loop.variants.<name>, DUO_LOOP_NAME or the settings); the main keys describe the shipped defaults.
 `python -m tests.bench_loop pool NAME...` pools runs of other seeds: per test prompt, each cycle's
 score averaged over the runs, then the paired interval of (last cycle - cycle 0) as above.
-DUO_LOOP_FROM=<run> starts a variant from that run's cycle 0 instead of training it again (~45 min less):
-for settings that cycle 0 does not read (synth.*, finetune.init) with the run's own seeds. The stages the
-code changed since then rerun (dvc), the rest is restored from that run's DVC cache.
+DUO_LOOP_FROM=<run> starts a variant from that run's cycle 0 instead of training it again (~45 min less),
+for settings that cycle 0 does not read (synth.*, finetune.init); that run's other settings (its seeds)
+stay. Stages whose code changed since then rerun (dvc); the rest comes from that run's DVC cache.
 DUO_LOOP_CYCLES=2 is the short form (~40 min less on 2 cores): cycle 0, then one cycle that adds at once
 the 192 synthetic rows the three-cycle run holds at its last cycle. With `finetune.init: base` and
 `synth.focus: uniform` (the defaults) each cycle trains from the base on all rows so far, so its last
@@ -107,10 +107,10 @@ def run_loop(sets: list[str], name: str) -> dict:
         start_from = os.environ.get("DUO_LOOP_FROM")
         if start_from:
             _from_cycle0(WORK / start_from, project)
-            sets = [f"service.api_base={params['service']['api_base']}", *sets]
+            devdata.set_params(project, params)  # this run's loop settings and server, not the earlier run's
         else:
             devdata.project(project, params, stages=())
-        if sets:
+        if sets or start_from:
             raw = yaml.safe_load((project / "params.yaml").read_text())
             for assignment in sets:
                 params_mod.assign(raw, assignment)

@@ -19,11 +19,22 @@ def folder() -> Path:
     return path
 
 
+def set_params(dest: Path, params: dict) -> None:
+    """Set `params` ({section: {key: value}}) in dest/params.yaml."""
+    import yaml
+
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    for section, values in params.items():
+        if isinstance(values, dict):
+            raw[section].update(values)
+        else:
+            raw[section] = values
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def project(dest: Path, params: dict | None = None, stages: tuple[str, ...] = ("base", "prepare")) -> Path:
     """A fresh copy of the project in `dest` (its own git repo) whose coverage file is the development
     data's, with `params` ({section: {key: value}}) set, and the given stages run."""
-    import yaml
-
     from tests.conftest import copy_project
 
     if dest.exists():
@@ -31,13 +42,7 @@ def project(dest: Path, params: dict | None = None, stages: tuple[str, ...] = ("
     dest.mkdir(parents=True)
     copy_project(dest)
     shutil.copyfile(folder() / "coverage.jsonl", dest / "data" / "coverage.jsonl")
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in (params or {}).items():
-        if isinstance(values, dict):
-            raw[section].update(values)
-        else:
-            raw[section] = values
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    set_params(dest, params or {})
     env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
            "GIT_COMMITTER_EMAIL": "b@b"}
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
