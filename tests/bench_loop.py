@@ -67,12 +67,9 @@ def _cycle_figures(project: Path, train_rows: list[dict]) -> tuple[dict, dict]:
     return fig, scores
 
 
-_GIT = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b"}
-
-
 def _from_cycle0(src: Path, project: Path) -> None:
-    """`project` as run `src` left it after cycle 0 (workspace and DVC cache), with this checkout's code."""
+    """`project` as run `src` left it after cycle 0 (workspace and DVC cache), with this checkout's code
+    (uncommitted: run_loop commits it with the variant's params)."""
     import re
     import shutil
 
@@ -90,9 +87,6 @@ def _from_cycle0(src: Path, project: Path) -> None:
                           capture_output=True, text=True, check=True).stdout.split()
     for rel in code:
         shutil.copy2(devdata.ROOT / rel, project / rel)
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", "commit", "-qm", f"cycle 0 of {src.name}, this checkout's code"], cwd=project,
-                   check=True, env=_GIT)
 
 
 def run_loop(sets: list[str], name: str) -> dict:
@@ -116,7 +110,8 @@ def run_loop(sets: list[str], name: str) -> dict:
                 params_mod.assign(raw, assignment)
             (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-            subprocess.run(["git", "commit", "-qm", f"variant {name}"], cwd=project, check=True, env=_GIT)
+            subprocess.run(["git", "commit", "-qm", f"variant {name}"], cwd=project, check=True,
+                           env=devdata.git_env())
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true",
                "OPENAI_API_KEY": "bench-no-key"}
         figures, per_prompt = [], []

@@ -19,6 +19,12 @@ def folder() -> Path:
     return path
 
 
+def git_env() -> dict:
+    """The environment for commits in a bench project (no identity is configured on a fresh machine)."""
+    return {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@b"}
+
+
 def set_params(dest: Path, params: dict) -> None:
     """Set `params` ({section: {key: value}}) in dest/params.yaml."""
     import yaml
@@ -43,8 +49,7 @@ def project(dest: Path, params: dict | None = None, stages: tuple[str, ...] = ("
     copy_project(dest)
     shutil.copyfile(folder() / "coverage.jsonl", dest / "data" / "coverage.jsonl")
     set_params(dest, params or {})
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@b"}
+    env = git_env()
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "development data"], cwd=dest, check=True, env=env)
     for stage in stages:
