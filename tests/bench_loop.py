@@ -14,8 +14,9 @@ loop.variants.<name>, DUO_LOOP_NAME or the settings); the main keys describe the
 `python -m tests.bench_loop pool NAME...` pools runs of other seeds: per test prompt, each cycle's
 score averaged over the runs, then the paired interval of (last cycle - cycle 0) as above.
 DUO_LOOP_FROM=<run> starts a variant from that run's cycle 0 instead of training it again (~45 min less),
-for settings that cycle 0 does not read (synth.*, finetune.init); that run's other settings (its seeds)
-stay. Stages whose code changed since then rerun (dvc); the rest comes from that run's DVC cache.
+for settings that cycle 0 does not read (synth.*, finetune.init: its finetune is kept, CYCLE0_IGNORES); that
+run's other settings (its seeds) stay. Stages whose code changed since then rerun (dvc); the rest comes from
+that run's DVC cache.
 DUO_LOOP_CYCLES=2 is the short form (~40 min less on 2 cores): cycle 0, then one cycle that adds at once
 the 192 synthetic rows the three-cycle run holds at its last cycle. With `finetune.init: base` and
 `synth.focus: uniform` (the defaults) each cycle trains from the base on all rows so far, so its last
@@ -89,6 +90,38 @@ def _from_cycle0(src: Path, project: Path) -> None:
         shutil.copy2(devdata.ROOT / rel, project / rel)
 
 
+# keys cycle 0 does not read, by stage: a variant changing only these keeps the earlier run's cycle 0
+CYCLE0_IGNORES = {"finetune": {"finetune": {"init"}}}
+
+
+def _dotted(raw: dict, key: str):
+    for part in key.split("."):
+        raw = (raw or {}).get(part)
+    return raw
+
+
+def _keep_cycle0(project: Path) -> None:
+    """Accept the earlier run's cycle-0 outputs of stages whose only change is a key cycle 0 does not read
+    (`finetune.init` trains from the base at cycle 0 whatever it says): DVC sees the whole `finetune`
+    section changed and would train cycle 0 again (~40 min) to the same weights."""
+    dvc = [sys.executable, "-m", "dvc"]
+    status = json.loads(subprocess.run([*dvc, "status", *CYCLE0_IGNORES, "--json"], cwd=project,
+                                       capture_output=True, text=True, check=True).stdout or "{}")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    now = yaml.safe_load((project / "params.yaml").read_text())
+    for stage, ignores in CYCLE0_IGNORES.items():
+        changes = status.get(stage) or []
+        params_only = all(set(c) == {"changed deps"} and set(c["changed deps"]) == {"params.yaml"} for c in changes)
+        before = lock[stage]["params"]["params.yaml"]
+        changed = {(section, key) for section, keys in ignores.items()
+                   for key in set(before.get(section) or {}) | set(now.get(section) or {})
+                   if (before.get(section) or {}).get(key) != (now.get(section) or {}).get(key)}
+        others = {s for s in before if s not in ignores and before[s] != _dotted(now, s)}
+        if changes and params_only and not others and all(key in ignores[s] for s, key in changed):
+            subprocess.run([*dvc, "commit", "-f", stage], cwd=project, check=True, capture_output=True)
+            print(f"loop: cycle 0's {stage} kept: only {sorted(f'{s}.{k}' for s, k in changed)} changed", flush=True)
+
+
 def run_loop(sets: list[str], name: str) -> dict:
     from duo.evaluation import reference
 
@@ -112,6 +145,8 @@ def run_loop(sets: list[str], name: str) -> dict:
             subprocess.run(["git", "add", "-A"], cwd=project, check=True)
             subprocess.run(["git", "commit", "-qm", f"variant {name}"], cwd=project, check=True,
                            env=devdata.git_env())
+        if start_from:
+            _keep_cycle0(project)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "CI": "true",
                "OPENAI_API_KEY": "bench-no-key"}
         figures, per_prompt = [], []
