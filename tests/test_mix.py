@@ -6,7 +6,9 @@ from collections import Counter
 
 import pytest
 
-from duo import service
+from duo import contracts, service
+from duo.data import records
+from duo.evaluation import validation
 from duo.params import Curate, Synth
 from duo.synth import generate, mix
 from tests.fake_provider import FakeProvider
@@ -149,12 +151,18 @@ def test_failures_steer_tasks_and_rows_and_test_rows_steer_nothing(in_tmp):
     train = _train()
     val = [{"id": f"v{i}", "task": "qa", "prompt": f"Question {i}: what number is written in passage {i} of the "
                                                    f"weather report", "response": f"the answer is number {i} today"}
-           for i in (3, 17)] + [{"id": "v9", "task": "classification", "prompt": "Is this review positive or "
-                                 "negative? review 9 says the gadget 2 works", "response": "negative"}]
-    failed = [{"id": "v3", "task": "qa", "score": 0.0}, {"id": "v17", "task": "qa", "score": 10.0},
-              {"id": "v9", "task": "classification", "score": 100.0}]
-    w = mix.task_weights(train, failed)
-    assert w["qa"] > 0.5 > w["classification"], "the task the student fails gets more of the pairs"
+           for i in (3, 17)] + [{"id": f"v{i}", "task": "classification", "prompt": "Is this review positive or "
+                                 f"negative? review {i} says the gadget 2 works", "response": "negative"} for i in (9, 8)]
+    folder = in_tmp / "validation"  # the record synthesis reads: failures() drops the rows answered right
+    records.write_jsonl(contracts.validation_file(0, folder), [
+        {"id": v["id"], "task": v["task"], "metric": "exact_match", "score": s, "response": ""}
+        for v, s in zip(val, (0.0, 10.0, 100.0, 0.0))])
+    records.write_json(contracts.validation_summary(0, folder), {"task_score": 36.7})
+    failed = validation.failures(0, folder)
+    assert [f["id"] for f in failed] == ["v17", "v3", "v8"]
+    w = mix.task_weights(train, failed, val)  # qa: 2 of 2 failed, classification 1 of 2
+    assert w["qa"] > 0.5 > w["classification"], "the task the student fails more gets more of the pairs"
+    assert w["classification"] < mix.task_weights(train, None)["classification"], "a task answered right gets less"
     rows = mix.row_weights(train, failed, val)
     assert rows["q003"] > 1 and rows["q017"] > 1 and max(v for k, v in rows.items() if k.startswith("c")) == 1
 

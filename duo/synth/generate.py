@@ -69,7 +69,7 @@ class _Quota:
         self.found = mix.labels(train)
         self.canonical = mix.canonical(train)
         self.target = target
-        self.want = mix.quotas(train, target or requests, mix.task_weights(train, focus),
+        self.want = mix.quotas(train, target or requests, mix.task_weights(train, focus, val),
                                balanced=p.answer_shares == "balanced")
         streams = mix.seed_streams(train, self.want, self.found, mix.row_weights(train, focus, val), p.seed, cycle)
         self.planner = mix.Planner(self.want, streams)

@@ -93,15 +93,17 @@ def tvd(a: Counter | dict, b: Counter | dict) -> float | None:
     return round(0.5 * sum(abs(a.get(k, 0) / ta - b.get(k, 0) / tb) for k in set(a) | set(b)), 4)
 
 
-def task_weights(train: list[dict], failed: list[dict] | None) -> dict[str, float]:
-    """Each task's share of a cycle's pairs: its share of train rows, scaled by (1/2 + its share of failed
-    validation rows) when the last student's validation record is given."""
+def task_weights(train: list[dict], failed: list[dict] | None, val: list[dict] = ()) -> dict[str, float]:
+    """Each task's share of a cycle's pairs: its share of train rows, scaled by (1/2 + the share of its
+    validation rows `val` the last student failed) when that student's validation record is given.
+    `failed` holds only the rows it got less than fully right, so the share is taken of `val`'s rows:
+    of `failed` alone every exact-match task would count as failed throughout."""
     n = Counter(row["task"] for row in train)
     mult = {task: 1.0 for task in n}
     if failed is not None:
-        rows = Counter(r["task"] for r in failed)
+        rows = Counter(r["task"] for r in val)
         bad = Counter(r["task"] for r in failed if r["score"] < FAILED_BELOW)
-        mult = {task: 0.5 + (bad[task] / rows[task] if rows[task] else 0.5) for task in n}
+        mult = {task: 0.5 + (min(bad[task] / rows[task], 1.0) if rows[task] else 0.5) for task in n}
     total = sum(n[t] * mult[t] for t in n)
     return {task: n[task] * mult[task] / total for task in sorted(n)}
 
