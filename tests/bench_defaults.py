@@ -5,7 +5,9 @@ evaluation (each epoch), by the task score (exact match for short-answer tasks, 
 averaged per task then over tasks; duo/evaluation/reference.py), beside the validation loss. Reports mean
 ± sd over seeds per setting, and what early stopping on the validation loss would have kept.
 
-Runs are appended to .bench/defaults/runs.jsonl and skipped when already there (a killed sweep resumes).
+Runs are appended to .bench/defaults/runs.jsonl and skipped when already there (a killed sweep resumes);
+each run's summary (with the machine it ran on) is also kept in metrics/bench.json `defaults.runs`, from
+which a fresh checkout restores the runs file: a sweep takes hours and spans sessions and machines.
 Run: python -m tests.bench defaults   (DUO_DEFAULTS="epochs2 epochs4" DUO_SEEDS="1 2 3" narrow it)
 """
 from __future__ import annotations
@@ -18,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from duo import contracts
 from tests import devdata
+
+BENCH = devdata.ROOT / contracts.BENCH
 
 WORK = devdata.ROOT / ".bench" / "defaults"
 RUNS = WORK / "runs.jsonl"
@@ -100,25 +105,37 @@ def run_one(project: Path, name: str, seed: int) -> dict:
             "final": points[-1] if points else None}
 
 
+def compact(run: dict) -> dict:
+    """What a run leaves in metrics/bench.json: its final score per task, train seconds, machine, and what
+    early stopping on the validation loss (patience 1 and 2 evaluations) would have kept. A record
+    already compact passes unchanged."""
+    if "curve" not in run:
+        return run
+    final = run["final"]
+    return {"setting": run["setting"], "seed": run["seed"], "task_score": final["task_score"],
+            "by_task": {t: v["score"] for t, v in final["by_task"].items()},
+            "train_seconds": run["train_seconds"], "machine": run.get("machine"),
+            **{f"early_stopping_patience{p}": _early_stop(run["curve"], p)["task_score"] for p in (1, 2)}}
+
+
 def summarise(runs: list[dict]) -> dict:
-    """Per setting: final task score (and per task) mean ± sd over seeds; and per seed, what early stopping
-    on the validation loss (patience 1 and 2 evaluations) would have kept."""
+    """Per setting: final task score (and per task) mean ± sd over seeds, and the machines they ran on."""
     out = {}
     for name in SETTINGS:
-        mine = [r for r in runs if r["setting"] == name and r["final"]]
+        mine = [compact(r) for r in runs if r["setting"] == name and (r.get("final") or "curve" not in r)]
         if not mine:
             continue
-        finals = [r["final"]["task_score"] for r in mine]
+        finals = [r["task_score"] for r in mine]
         entry = {"seeds": [r["seed"] for r in mine], "task_score": finals,
                  "mean": round(statistics.mean(finals), 2),
                  "sd": round(statistics.stdev(finals), 2) if len(finals) > 1 else None,
-                 "train_seconds_mean": round(statistics.mean(r["train_seconds"] for r in mine), 1)}
-        tasks = sorted(mine[0]["final"]["by_task"])
-        entry["by_task_mean"] = {t: round(statistics.mean(r["final"]["by_task"][t]["score"] for r in mine), 2)
-                                 for t in tasks}
+                 "train_seconds_mean": round(statistics.mean(r["train_seconds"] for r in mine), 1),
+                 "cpus": sorted({(r.get("machine") or {}).get("cpu") or "unknown" for r in mine})}
+        tasks = sorted(mine[0]["by_task"])
+        entry["by_task_mean"] = {t: round(statistics.mean(r["by_task"][t] for r in mine), 2) for t in tasks}
         for patience in (1, 2):
-            kept = [_early_stop(r["curve"], patience)["task_score"] for r in mine]
-            entry[f"early_stopping_patience{patience}_mean"] = round(statistics.mean(kept), 2)
+            entry[f"early_stopping_patience{patience}_mean"] = round(
+                statistics.mean(r[f"early_stopping_patience{patience}"] for r in mine), 2)
         out[name] = entry
     return out
 
@@ -145,6 +162,9 @@ def bench_defaults() -> dict:
     names = os.environ.get("DUO_DEFAULTS", " ".join(SETTINGS)).split()
     seeds = [int(s) for s in os.environ.get("DUO_SEEDS", " ".join(map(str, SEEDS))).split()]
     done = {(r["setting"], r["seed"]) for r in _runs()}
+    from tests.bench import machine
+
+    info = machine()
     for name in names:
         for seed in seeds:
             if (name, seed) in done:
@@ -154,14 +174,20 @@ def bench_defaults() -> dict:
                                   cwd=devdata.ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"defaults {name} seed {seed} failed:\n{proc.stderr[-3000:]}")
+            record = {**json.loads(proc.stdout.strip().splitlines()[-1]), "machine": info}
             with open(RUNS, "a") as fh:
-                fh.write(proc.stdout.strip().splitlines()[-1] + "\n")
-    return {"defaults.by_setting": summarise(_runs()), "defaults.note": "validation split of the development "
-            "data only; task score = mean over tasks of exact match (short answers) or ROUGE-L"}
+                fh.write(json.dumps(record) + "\n")
+    runs = _runs()
+    return {"defaults.by_setting": summarise(runs), "defaults.runs": [compact(r) for r in runs],
+            "defaults.note": "validation split of the development data only; task score = mean over tasks of "
+            "exact match (short answers) or ROUGE-L; each run names its machine"}
 
 
 def _runs() -> list[dict]:
-    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()] if RUNS.exists() else []
+    if not RUNS.exists():
+        kept = json.loads(BENCH.read_text()).get("defaults.runs", []) if BENCH.exists() else []
+        RUNS.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":
