@@ -35,6 +35,7 @@ SETTINGS = {
     "lr2e-4": {"epochs": 4.0, "lr": 2e-4, "early_stopping_patience": 0},
 }
 SEEDS = (1, 2, 3)
+DEFAULT = "epochs4"  # the shipped setting the others are compared with
 
 
 def greedy_answers(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch: int = 8) -> list[str]:
@@ -137,7 +138,20 @@ def summarise(runs: list[dict]) -> dict:
             entry[f"early_stopping_patience{patience}_mean"] = round(
                 statistics.mean(r[f"early_stopping_patience{patience}"] for r in mine), 2)
         out[name] = entry
+    for name, entry in out.items():
+        if name != DEFAULT and DEFAULT in out:
+            entry[f"minus_{DEFAULT}"] = _paired(out[name], out[DEFAULT])
     return out
+
+
+def _paired(a: dict, b: dict) -> dict:
+    """Setting a minus setting b seed by seed (same seed, same data order): the spread between seeds is
+    shared noise, so the per-seed difference is what a setting changes."""
+    by_seed = dict(zip(b["seeds"], b["task_score"]))
+    diffs = [round(x - by_seed[s], 2) for s, x in zip(a["seeds"], a["task_score"]) if s in by_seed]
+    return {"seeds": [s for s in a["seeds"] if s in by_seed], "diffs": diffs,
+            "mean": round(statistics.mean(diffs), 2) if diffs else None,
+            "sd": round(statistics.stdev(diffs), 2) if len(diffs) > 1 else None}
 
 
 def _early_stop(curve: list[dict], patience: int) -> dict:
