@@ -106,6 +106,11 @@ def run_one(project: Path, name: str, seed: int) -> dict:
             "final": points[-1] if points else None}
 
 
+def finished(runs: list[dict]) -> list[dict]:
+    """The runs that reached an evaluation, compact."""
+    return [compact(r) for r in runs if r.get("final") or "curve" not in r]
+
+
 def compact(run: dict) -> dict:
     """What a run leaves in metrics/bench.json: its final score per task, train seconds, machine, and what
     early stopping on the validation loss (patience 1 and 2 evaluations) would have kept. A record
@@ -123,7 +128,7 @@ def summarise(runs: list[dict]) -> dict:
     """Per setting: final task score (and per task) mean ± sd over seeds, and the machines they ran on."""
     out = {}
     for name in SETTINGS:
-        mine = [compact(r) for r in runs if r["setting"] == name and (r.get("final") or "curve" not in r)]
+        mine = [r for r in finished(runs) if r["setting"] == name]
         if not mine:
             continue
         finals = [r["task_score"] for r in mine]
@@ -192,7 +197,7 @@ def bench_defaults() -> dict:
             with open(RUNS, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
     runs = _runs()
-    return {"defaults.by_setting": summarise(runs), "defaults.runs": [compact(r) for r in runs],
+    return {"defaults.by_setting": summarise(runs), "defaults.runs": finished(runs),
             "defaults.note": "validation split of the development data only; task score = mean over tasks of "
             "exact match (short answers) or ROUGE-L; each run names its machine"}
 
