@@ -76,6 +76,7 @@ def run_one(project: Path, name: str, seed: int) -> dict:
     from duo.evaluation import reference
     from duo.train import finetune
 
+    project = project.resolve()  # the adapter is written under it after the chdir
     os.chdir(project)
     params = params_mod.load()
     p = dataclasses.replace(params.finetune, seed=seed, save_steps=0, **SETTINGS[name])
