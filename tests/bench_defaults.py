@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from duo import contracts
 from tests import devdata
-
-BENCH = devdata.ROOT / contracts.BENCH
 
 WORK = devdata.ROOT / ".bench" / "defaults"
 RUNS = WORK / "runs.jsonl"
@@ -204,8 +201,10 @@ def bench_defaults() -> dict:
 
 
 def _runs() -> list[dict]:
+    from tests.bench import OUT  # metrics/bench.json; tests.bench is heavy for the training child
+
     if not RUNS.exists():
-        kept = json.loads(BENCH.read_text()).get("defaults.runs", []) if BENCH.exists() else []
+        kept = json.loads(OUT.read_text()).get("defaults.runs", []) if OUT.exists() else []
         RUNS.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
 
