@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from duo import params as params_mod
-from tests import devdata
+from tests import bench, devdata
 
 WORK = devdata.ROOT / ".bench" / "loop"
 CYCLES = int(os.environ.get("DUO_LOOP_CYCLES") or 3)
@@ -172,7 +172,7 @@ def run_loop(sets: list[str], name: str) -> dict:
         server.wait(timeout=30)
     lift = reference.bootstrap(per_prompt[-1], per_prompt[0])
     return {"score_by_cycle": figures, "lift": round(figures[-1]["task_score"] - figures[0]["task_score"], 2),
-            "lift_ci": lift, "sets": sets, "test_prompts": len(per_prompt[0]),
+            "lift_ci": lift, "sets": sets, "test_prompts": len(per_prompt[0]), "machine": bench.machine(),
             "seconds": round(sum(f["wall_seconds"] for f in figures), 1)}
 
 
@@ -226,9 +226,7 @@ def bench_loop() -> dict:
 
     records.write_json(WORK / f"{name}.json", got)  # kept should the plain recipe's run not finish
     if sets:
-        from tests.bench import OUT
-
-        variants = (records.read_json(OUT, default={}) or {}).get("loop.variants") or {}
+        variants = (records.read_json(bench.OUT, default={}) or {}).get("loop.variants") or {}
         return {"loop.variants": {**variants, name: got}}
     plain = plain_trl(WORK / name)
     return {"loop.score_by_cycle": got["score_by_cycle"], "loop.lift": got["lift"], "loop.lift_ci": got["lift_ci"],
