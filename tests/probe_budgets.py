@@ -49,25 +49,6 @@ def _paid(fake, svc_kw: dict, n: int) -> dict:
     return {"paid": len(fake.requests) - before, "stats_cost_usd": svc.stats.cost_usd, "stop": stop}
 
 
-def resume_child(url: str) -> None:
-    """Answer 20 requests as one batch job; die by SIGKILL once KILL_AFTER answers are journaled."""
-    from duo import service
-    from duo.service import journal
-
-    added = [0]
-    plain = journal.Journal.add
-
-    def add(self, *a, **kw):
-        plain(self, *a, **kw)
-        added[0] += 1
-        if added[0] == KILL_AFTER:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    journal.Journal.add = add
-    with service.Service(PRICED, api_base=url, batch=True, batch_poll_s=0.01, journal="r", cycle=1) as svc:
-        svc.map(reqs(20, "r"))
-
-
 def _resume(fake, root: Path) -> dict:
     from duo import service
 
@@ -77,7 +58,8 @@ def _resume(fake, root: Path) -> dict:
         work.mkdir()
         os.chdir(work)
         if killed:
-            proc = subprocess.run([sys.executable, "-m", "tests.probe_budgets", "--child", fake.url], cwd=work,
+            code = f"from tests.test_budget import _batch_child; _batch_child({fake.url!r}, {KILL_AFTER})"
+            proc = subprocess.run([sys.executable, "-c", code], cwd=work,
                                   env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
             assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
         with service.Service(PRICED, api_base=fake.url, batch=True, batch_poll_s=0.01, journal="r", cycle=1) as svc:
@@ -113,10 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        from duo import entry
-
-        entry.environment()
-        resume_child(sys.argv[2])
-    else:
-        main()
+    main()
